@@ -1,0 +1,1 @@
+"""The IDPT TFX pipeline definition, its custom components, runners and CLI."""

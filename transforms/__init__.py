@@ -1,0 +1,1 @@
+"""Canonical log features, readers, the synthetic log generator and preprocessing_fn."""
