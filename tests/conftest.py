@@ -22,7 +22,9 @@ CASES = SHARED / "cases"
 def movielens_dir() -> pathlib.Path:
     """The MovieLens 100K folder; tests that need it skip when it is absent."""
     if not (MOVIELENS_100K / "u.data").is_file():
-        pytest.skip(f"MovieLens 100K is not at {MOVIELENS_100K}: it is read from there, never copied")
+        pytest.skip(
+            f"MovieLens 100K is not at {MOVIELENS_100K}: it is read from there, never copied"
+        )
     return MOVIELENS_100K
 
 

@@ -57,10 +57,24 @@ TRANSFORMED_SUFFIX = "_xf"
 POPULARITY_BUCKET_BOUNDARIES = (1, 2, 5, 20, 100)
 POPULARITY_BUCKET_NAMES = ("0", "1", "2-4", "5-19", "20-99", ">=100")
 
-# Derived features present in every transformed example, for evaluation slices.
+# Derived features present in every transformed example, for evaluation slices
+# and for the logQ correction: the item's train count (int64), its sampling
+# probability (train count / engaged train rows, float32), its popularity
+# bucket (int64) and whether the user has any row in the train split (int64 0/1).
 ITEM_POPULARITY_BUCKET = "item_popularity_bucket"
 USER_IS_RETURNING = "user_is_returning"
 ITEM_TRAIN_COUNT = "item_train_count"
+ITEM_SAMPLING_PROBABILITY = "item_sampling_probability"
+
+# Transform output contract. Every raw canonical column is also passed through
+# unchanged under its raw name (ids as strings), so the Evaluator can feed
+# transformed eval examples to a signature that parses raw features and still
+# slice on the derived features above. Ids and categorical side features get
+# transformed_name(key) as an int64 vocabulary index; numeric side features get
+# transformed_name(key) as float32 after imputation, clipping and log scaling.
+# The item vocabulary weighted by label is written as ENGAGED_ITEM_COUNTS
+# ("count token" lines) so trainers can sample negatives by train count.
+ENGAGED_ITEM_COUNTS = "item_id_engaged_counts"
 
 # Embedding export written by the Stage I trainer inside its model artifact, one
 # folder per table: EMBEDDING_EXPORT_DIR/<table>/TOKENS_FILE holds the table's
