@@ -23,7 +23,7 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.13,<3.14",
     packages=setuptools.find_packages(include=[f"{name}*" for name in PACKAGES]),
-    package_data={"kubeflow": ["*.md"], "transforms": ["fixtures/*"]},
+    package_data={"kubeflow": ["*.md"], "transforms": ["fixtures/*/*"]},
     install_requires=[
         requirement
         for requirement in read_requirements()

@@ -86,6 +86,12 @@ EMBEDDING_EXPORT_DIR = "embeddings"
 EMBEDDING_TOKENS_FILE = "tokens.txt"
 EMBEDDING_MATRIX_FILE = "embeddings.npy"
 
+# Files the Stage I trainer writes beside its serving SavedModel: the resolved
+# trainer config and the per-epoch eval metrics, whose "final" entry the
+# retrieval gate reads.
+STAGE1_CONFIG_FILE = "stage1_config.json"
+STAGE1_HISTORY_FILE = "stage1_history.json"
+
 # Served names.
 RANKING_MODEL_NAME = "ranking"
 RETRIEVAL_MODEL_NAME = "retrieval"
@@ -126,3 +132,44 @@ def popularity_bucket(train_count: int) -> int:
         if train_count >= boundary:
             bucket += 1
     return bucket
+
+
+# Per-user training history exported beside the retrieval model, at
+# <base>/retrieval/<version>/USER_HISTORY_FILE. It lists, for each user in the
+# train split, the items they engaged with (label 1), so a recommend call can
+# leave them out. Format: UTF-8 JSON Lines, one object per user,
+#   {"user_id": "<id>", "item_ids": ["<id>", ...]}
+# with the keys USER_ID and USER_HISTORY_ITEMS_KEY; ids are the exact strings.
+USER_HISTORY_FILE = "assets.extra/idpt_user_history.jsonl"
+USER_HISTORY_ITEMS_KEY = "item_ids"
+
+# Input name of the serving_default signature: a batch of serialized tf.Example
+# protos (tf.string, shape [None]), as TF Serving's Predict and Classify send.
+SERVING_EXAMPLES_INPUT = "examples"
+
+# Every user with a row in the train split, written by Transform only when the
+# user vocabulary is cut by a frequency threshold or top_k (otherwise the user
+# vocabulary is that list); USER_IS_RETURNING is looked up in it.
+TRAIN_USERS_VOCABULARY = "user_id_train_users"
+
+# Side features produced by the built-in readers. MovieLens 100K: the user's age
+# (a number), gender and occupation from u.user; the item's title, first genre
+# and release year (a number) from u.item. The synthetic log generator: the
+# user's country and device, the item's category and price (a number).
+USER_AGE = "user_age"
+USER_GENDER = "user_gender"
+USER_OCCUPATION = "user_occupation"
+ITEM_TITLE = "item_title"
+ITEM_GENRE = "item_genre"
+ITEM_YEAR = "item_year"
+USER_COUNTRY = "user_country"
+USER_DEVICE = "user_device"
+ITEM_CATEGORY = "item_category"
+ITEM_PRICE = "item_price"
+
+# Files the Stage II trainer writes into its serving SavedModel folder, beside
+# the warmup records: the resolved Stage II config, and the warm-start counts
+# per id table (rows copied from Stage I, initialised fresh, Stage I rows
+# ignored) with the distillation teacher's calibration. Both are JSON.
+STAGE2_CONFIG_FILE = "assets.extra/idpt_stage2_config.json"
+WARM_START_COUNTS_FILE = "assets.extra/idpt_warm_start_counts.json"
