@@ -75,6 +75,9 @@ ITEM_SAMPLING_PROBABILITY = "item_sampling_probability"
 # The item vocabulary weighted by label is written as ENGAGED_ITEM_COUNTS
 # ("count token" lines) so trainers can sample negatives by train count.
 ENGAGED_ITEM_COUNTS = "item_id_engaged_counts"
+# The same engaged item ids as a plain vocabulary in the same order; an id's line
+# there is its line in ENGAGED_ITEM_COUNTS.
+ENGAGED_ITEM_ORDER = "item_id_engaged_order"
 
 # Embedding export written by the Stage I trainer inside its model artifact, one
 # folder per table: EMBEDDING_EXPORT_DIR/<table>/TOKENS_FILE holds the table's

@@ -1,0 +1,255 @@
+"""Hand-worked and NumPy-reference checks of the Stage I contrastive loss."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import losses
+from transforms import features
+
+
+def reference_loss(
+    query,
+    candidates,
+    ids,
+    probability=None,
+    sampled=None,
+    sampled_ids=None,
+    sampled_probability=None,
+    temperature=None,
+    mask=True,
+):
+    """Per-row softmax cross-entropy written with plain NumPy loops."""
+    query = np.asarray(query, np.float64)
+    all_candidates = np.asarray(candidates, np.float64)
+    all_ids = list(ids)
+    if sampled is not None:
+        all_candidates = np.concatenate([all_candidates, np.asarray(sampled, np.float64)])
+        all_ids += list(sampled_ids)
+
+    logits = query @ all_candidates.T
+    if temperature is not None:
+        logits = logits / temperature
+    if probability is not None:
+        all_probability = list(probability) + list(sampled_probability or [])
+        logits = logits - np.log(np.asarray(all_probability, np.float64))[None, :]
+
+    rows = len(query)
+    if mask:
+        for i in range(rows):
+            for j in range(len(all_ids)):
+                if j != i and all_ids[j] == ids[i]:
+                    logits[i, j] = -1e9
+
+    peak = logits.max(axis=1, keepdims=True)
+    log_sum_exp = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+    return log_sum_exp - logits[np.arange(rows), np.arange(rows)]
+
+
+def loss_of(query, candidates, ids, **kwargs) -> np.ndarray:
+    return losses.contrastive_loss(
+        tf.constant(query, tf.float32),
+        tf.constant(candidates, tf.float32),
+        tf.constant(ids, tf.int64),
+        **kwargs,
+    ).numpy()
+
+
+IDENTITY = [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_two_rows_plain_dot_product():
+    # logits = q c^T = [[1, 0], [0, 1]]; each row: -log(e / (e + 1)) = log(1 + e^-1).
+    expected = math.log(1 + math.exp(-1))  # 0.313262
+    values = loss_of(IDENTITY, IDENTITY, [10, 11])
+    np.testing.assert_allclose(values, [expected, expected], rtol=1e-6)
+    assert expected == pytest.approx(0.313262, abs=1e-6)
+
+
+def test_temperature_divides_scores():
+    # T = 0.5 gives logits [[2, 0], [0, 2]]; each row: log(1 + e^-2) = 0.126928.
+    values = loss_of(IDENTITY, IDENTITY, [10, 11], temperature=0.5)
+    np.testing.assert_allclose(values, [0.126928, 0.126928], atol=1e-6)
+
+
+def test_logq_corrects_every_column_including_positive():
+    # p = [0.5, 0.25]: subtract log p_j from column j of every row.
+    # Row 0: [1 + ln 2, 0 + ln 4] = [1.693147, 1.386294]
+    #   loss = log(1 + e^(1.386294 - 1.693147)) = log(1 + e^-0.306853) = log(1.735759) = 0.551444
+    # Row 1: [0 + ln 2, 1 + ln 4] = [0.693147, 2.386294]
+    #   loss = log(1 + e^(0.693147 - 2.386294)) = log(1 + e^-1.693147) = log(1.183940) = 0.168848
+    probability = tf.constant([0.5, 0.25])
+    values = loss_of(IDENTITY, IDENTITY, [10, 11], candidate_sampling_probability=probability)
+    np.testing.assert_allclose(values, [0.551444, 0.168848], atol=1e-6)
+
+    logits = losses.contrastive_logits(
+        tf.constant(IDENTITY),
+        tf.constant(IDENTITY),
+        tf.constant([10, 11], tf.int64),
+        candidate_sampling_probability=probability,
+    ).numpy()
+    np.testing.assert_allclose(logits, [[1.693147, 1.386294], [0.693147, 2.386294]], atol=1e-6)
+
+
+def _duplicate_case(cases_dir):
+    with open(cases_dir / "duplicate_items_in_batch.csv", newline="") as source:
+        rows = list(csv.DictReader(source))
+    item_tokens = sorted({row[features.ITEM_ID] for row in rows})
+    item_ids = [item_tokens.index(row[features.ITEM_ID]) for row in rows]
+    return rows, item_tokens, item_ids
+
+
+def test_accidental_hits_masked_in_duplicate_case(cases_dir):
+    rows, item_tokens, item_ids = _duplicate_case(cases_dir)
+    assert len(rows) == 16 and item_ids.count(item_tokens.index("i_hot")) == 8
+
+    # Every query and candidate is the same unit vector, so every logit is 1. Unmasked,
+    # each row's loss is log 16. Masking leaves an i_hot row its own column plus the 8
+    # distinct items: log 9 = 2.197225. An i<k> row has no duplicate: log 16 = 2.772589.
+    same = np.tile([[1.0, 0.0]], (16, 1))
+    values = loss_of(same, same, item_ids)
+    hot = [row[features.ITEM_ID] == "i_hot" for row in rows]
+    np.testing.assert_allclose(values[hot], np.full(8, math.log(9)), rtol=1e-6)
+    np.testing.assert_allclose(values[[not h for h in hot]], np.full(8, math.log(16)), rtol=1e-6)
+
+    unmasked = loss_of(same, same, item_ids, remove_accidental_hits=False)
+    np.testing.assert_allclose(unmasked, np.full(16, math.log(16)), rtol=1e-6)
+
+
+def test_masked_columns_get_large_negative_logit(cases_dir):
+    rows, item_tokens, item_ids = _duplicate_case(cases_dir)
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(16, 4)).astype(np.float32)
+    candidates = rng.normal(size=(16, 4)).astype(np.float32)
+
+    logits = losses.contrastive_logits(
+        tf.constant(query), tf.constant(candidates), tf.constant(item_ids, tf.int64)
+    ).numpy()
+    probabilities = tf.nn.softmax(logits).numpy()
+    hot = item_tokens.index("i_hot")
+    for i in range(16):
+        for j in range(16):
+            is_hit = i != j and item_ids[i] == item_ids[j]
+            if is_hit:
+                assert logits[i, j] == np.float32(losses.LARGE_NEGATIVE_LOGIT)
+                # exp(-1e9 - max) is exactly 0 in float32: the column is gone, not shrunk.
+                assert probabilities[i, j] == 0.0
+            else:
+                assert logits[i, j] == pytest.approx(query[i] @ candidates[j], abs=1e-5)
+    assert sum(item_ids[i] == hot for i in range(16)) == 8
+
+    np.testing.assert_allclose(
+        loss_of(query, candidates, item_ids),
+        reference_loss(query, candidates, item_ids),
+        rtol=1e-5,
+    )
+
+
+def test_sampled_negatives_extend_and_mask():
+    # Candidates: c0 = [1, 0] (id 10), c1 = [0, 1] (id 11), sampled s0 = [1, 0] (id 10,
+    # row 0's positive: masked for row 0 only) and s1 = [0, 0] (id 12).
+    # Row 0 logits [1, 0, masked, 0]: loss = log(1 + 2/e) = log(1.735759) = 0.551444.
+    # Row 1 logits [0, 1, 0, 0]: loss = log(1 + 3/e) = log(2.103638) = 0.743668.
+    values = loss_of(
+        IDENTITY,
+        IDENTITY,
+        [10, 11],
+        sampled_embeddings=tf.constant([[1.0, 0.0], [0.0, 0.0]]),
+        sampled_ids=tf.constant([10, 12], tf.int64),
+    )
+    np.testing.assert_allclose(values, [0.551444, 0.743668], atol=1e-6)
+
+
+def test_sampled_negatives_use_sampler_probability():
+    rng = np.random.default_rng(1)
+    query = rng.normal(size=(4, 3))
+    candidates = rng.normal(size=(4, 3))
+    sampled = rng.normal(size=(3, 3))
+    ids = [1, 2, 1, 3]
+    sampled_ids = [3, 7, 8]
+    probability = [0.1, 0.2, 0.1, 0.05]
+    sampled_probability = [0.01, 0.3, 0.02]
+
+    values = loss_of(
+        query,
+        candidates,
+        ids,
+        candidate_sampling_probability=tf.constant(probability),
+        sampled_embeddings=tf.constant(sampled, tf.float32),
+        sampled_ids=tf.constant(sampled_ids, tf.int64),
+        sampled_probability=tf.constant(sampled_probability),
+        temperature=0.05,
+    )
+    expected = reference_loss(
+        query, candidates, ids, probability, sampled, sampled_ids, sampled_probability, 0.05
+    )
+    np.testing.assert_allclose(values, expected, rtol=1e-4)
+
+
+def test_batch_of_one_row():
+    # One row and no sampled negatives: the softmax over one column is 1, the loss 0.
+    np.testing.assert_allclose(loss_of([[0.3, 0.4]], [[0.6, 0.8]], [5]), [0.0], atol=1e-7)
+
+    # With two sampled negatives the row sees three columns; compare with the reference.
+    sampled = [[0.0, 1.0], [1.0, 0.0]]
+    values = loss_of(
+        [[0.3, 0.4]],
+        [[0.6, 0.8]],
+        [5],
+        sampled_embeddings=tf.constant(sampled),
+        sampled_ids=tf.constant([6, 7], tf.int64),
+        temperature=0.1,
+    )
+    expected = reference_loss([[0.3, 0.4]], [[0.6, 0.8]], [5], None, sampled, [6, 7], None, 0.1)
+    np.testing.assert_allclose(values, expected, rtol=1e-5)
+
+
+def test_short_batch_in_one_traced_function():
+    # One tf.function with an unknown batch size serves a full batch, a short last batch
+    # and a batch of one, as the training loop's compiled step does.
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, 3], tf.float32),
+            tf.TensorSpec([None, 3], tf.float32),
+            tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None], tf.float32),
+        ]
+    )
+    def loss(query, candidates, ids, probability):
+        return losses.contrastive_loss(
+            query, candidates, ids, candidate_sampling_probability=probability, temperature=0.05
+        )
+
+    rng = np.random.default_rng(2)
+    for rows in (4, 3, 1):
+        query = rng.normal(size=(rows, 3)).astype(np.float32)
+        candidates = rng.normal(size=(rows, 3)).astype(np.float32)
+        ids = rng.integers(0, 2, size=rows)
+        probability = rng.uniform(0.1, 0.5, size=rows).astype(np.float32)
+        values = loss(query, candidates, ids, probability).numpy()
+        expected = reference_loss(query, candidates, ids, probability, temperature=0.05)
+        np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sampled_without_ids_is_rejected():
+    with pytest.raises(ValueError, match="^sampled_ids is None but sampled_embeddings was given"):
+        loss_of(IDENTITY, IDENTITY, [10, 11], sampled_embeddings=tf.constant(IDENTITY))
+
+
+def test_sampled_without_probability_is_rejected_under_logq():
+    with pytest.raises(
+        ValueError, match="^sampled_probability is None but candidate_sampling_probability"
+    ):
+        loss_of(
+            IDENTITY,
+            IDENTITY,
+            [10, 11],
+            candidate_sampling_probability=tf.constant([0.5, 0.5]),
+            sampled_embeddings=tf.constant(IDENTITY),
+            sampled_ids=tf.constant([1, 2], tf.int64),
+        )

@@ -1,0 +1,103 @@
+"""Benchmark modules that `idpt bench` runs, and the BENCHMARKS.md writer.
+
+A benchmark is any module in this package whose name ends in `_bench` and that
+defines `run(output_dir: str, quick: bool) -> dict[str, object]`, returning its
+figures by name. An optional module constant TITLE names its section, and NOTES
+(Markdown) describes what it measures. Add a module and `idpt bench` picks it up.
+
+BENCHMARKS.md keeps one section per module between `<!-- bench:NAME -->` and
+`<!-- /bench:NAME -->` markers; a run replaces the sections of the modules it ran
+and leaves the others as they were.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import os
+import pkgutil
+import platform
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_SUFFIX = "_bench"
+_HEADER = (
+    "# Benchmarks\n\n"
+    "Figures written by `idpt bench` (`make bench`); each section names its machine.\n"
+)
+
+
+def discover() -> list[str]:
+    """Return the names of the benchmark modules in this package, sorted."""
+    names = [module.name for module in pkgutil.iter_modules(__path__)]
+    return sorted(name for name in names if name.endswith(_SUFFIX))
+
+
+def run_all(output_dir: str, quick: bool, only: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Run benchmark modules and return module name -> figures.
+
+    Args:
+      output_dir: folder for the benchmarks' generated data; each module gets a subfolder.
+      quick: run small sizes only.
+      only: module names to run; empty runs all.
+
+    Raises:
+      ValueError: a name in `only` is not a benchmark module.
+    """
+    names = discover()
+    selected = list(only) or names
+    unknown = sorted(set(selected) - set(names))
+    if unknown:
+        raise ValueError(f"unknown benchmark modules {unknown}: available are {names}.")
+    results = {}
+    for name in selected:
+        module = importlib.import_module(f"{__name__}.{name}")
+        folder = os.path.join(os.path.abspath(output_dir), "bench", name)
+        os.makedirs(folder, exist_ok=True)
+        results[name] = module.run(folder, quick)
+    return results
+
+
+def write_markdown(results: Mapping[str, Mapping[str, Any]], path: str, quick: bool) -> None:
+    """Write or update `path` with one section per module in `results`."""
+    text = _HEADER
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    for name, figures in results.items():
+        section = _section(name, figures, quick)
+        pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->\n", re.DOTALL)
+        if pattern.search(text):
+            text = pattern.sub(lambda _, new=section: new, text)
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
+
+
+def _section(name: str, figures: Mapping[str, Any], quick: bool) -> str:
+    module = importlib.import_module(f"{__name__}.{name}")
+    title = getattr(module, "TITLE", name)
+    notes = getattr(module, "NOTES", "").strip()
+    machine = (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
+    date = datetime.date.today().isoformat()
+    lines = [f"<!-- bench:{name} -->", f"## {title}", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += [f"Measured {date} on {machine}{' (--quick)' if quick else ''}.", ""]
+    lines += ["| figure | value |", "|---|---|"]
+    lines += [f"| {key} | {_format(value)} |" for key, value in figures.items()]
+    lines += [f"<!-- /bench:{name} -->", ""]
+    return "\n".join(lines)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,140 @@
+"""`create_pipeline`: the one pipeline definition every runner compiles.
+
+The first half, built by `build_first_half`:
+
+  LogIngestion -> StatisticsGen -> SchemaGen (train split) -> SchemaCurator
+    -> ExampleValidator (every split, curated schema) -> AnomaliesGate
+  LogIngestion + SchemaCurator -> Transform (analyze: train; transform: all splits)
+    -> VocabularyCheck
+
+Transform runs only after AnomaliesGate passed (a task dependency, as no
+artifact flows between them). Components that follow (trainers, evaluator,
+pusher) are added by `more_components`, which receives the first half so it can
+wire their inputs, e.g. `FirstHalf.transform.outputs["transform_graph"]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+
+from tfx_pipeline import schema
+from tfx_pipeline.components import ingestion, vocabulary_check
+from tfx_pipeline.config import PipelineConfig
+from transforms import features
+
+PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstHalf:
+    """The components from raw log to checked Transform output, in run order."""
+
+    ingestion: ingestion.LogIngestion
+    statistics_gen: tfx.components.StatisticsGen
+    schema_gen: tfx.components.SchemaGen
+    schema_curator: tfx.types.BaseNode
+    example_validator: tfx.components.ExampleValidator
+    anomalies_gate: tfx.types.BaseNode
+    transform: tfx.components.Transform
+    vocabulary_check: tfx.types.BaseNode
+
+    def components(self) -> list[tfx.types.BaseNode]:
+        """Return the components in run order."""
+        return [getattr(self, field.name) for field in dataclasses.fields(self)]
+
+
+def build_first_half(config: PipelineConfig, data_fingerprint: str | None = None) -> FirstHalf:
+    """Build the components from raw log to checked Transform output.
+
+    Args:
+      config: the run's configuration.
+      data_fingerprint: `ingestion.data_fingerprint(...)` of the log, so that a cached
+        ingestion is reused only while the files are unchanged; None skips it
+        (a compiled Kubeflow pipeline, whose data path is a runtime parameter).
+
+    Returns:
+      The components, wired.
+    """
+    log_ingestion = ingestion.LogIngestion(
+        data=config.data,
+        data_format=config.data_format,
+        split=config.split,
+        mapping=config.mapping,
+        fingerprint=data_fingerprint,
+    )
+    examples = log_ingestion.outputs[ingestion.EXAMPLES_KEY]
+    statistics_gen = tfx.components.StatisticsGen(examples=examples)
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"],
+        infer_feature_shape=True,
+        exclude_splits=[features.EVAL_SPLIT, features.TEST_SPLIT],
+    )
+    curator = schema.SchemaCurator(inferred_schema=schema_gen.outputs["schema"])
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=curator.outputs["schema"]
+    )
+    anomalies_gate = schema.AnomaliesGate(
+        anomalies=example_validator.outputs["anomalies"], severity=config.anomaly_severity
+    )
+    transform = tfx.components.Transform(
+        examples=examples,
+        schema=curator.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config=config.preprocessing.to_custom_config(),
+        splits_config=tfx.proto.SplitsConfig(
+            analyze=[features.TRAIN_SPLIT], transform=list(features.SPLITS)
+        ),
+    )
+    transform.add_upstream_node(anomalies_gate)
+    vocabularies = vocabulary_check.VocabularyCheck(
+        transform_graph=transform.outputs["transform_graph"],
+        preprocessing_config=json.dumps(config.preprocessing.to_custom_config(), sort_keys=True),
+    )
+    return FirstHalf(
+        ingestion=log_ingestion,
+        statistics_gen=statistics_gen,
+        schema_gen=schema_gen,
+        schema_curator=curator,
+        example_validator=example_validator,
+        anomalies_gate=anomalies_gate,
+        transform=transform,
+        vocabulary_check=vocabularies,
+    )
+
+
+def create_pipeline(
+    config: PipelineConfig,
+    *,
+    metadata_connection_config: metadata_store_pb2.ConnectionConfig | None = None,
+    data_fingerprint: str | None = None,
+    more_components: Callable[[FirstHalf], Sequence[tfx.types.BaseNode]] | None = None,
+) -> tfx.dsl.Pipeline:
+    """Return the IDPT pipeline for `config`.
+
+    Args:
+      config: the run's configuration (paths, split, vocabularies, Beam options).
+      metadata_connection_config: ML Metadata connection; None lets the
+        orchestrator supply it (Kubeflow).
+      data_fingerprint: see `build_first_half`.
+      more_components: builds the components after the first half from it.
+
+    Returns:
+      The pipeline, not yet run.
+    """
+    first_half = build_first_half(config, data_fingerprint)
+    components = first_half.components()
+    if more_components is not None:
+        components.extend(more_components(first_half))
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.beam_pipeline_args),
+    )

@@ -1,0 +1,185 @@
+"""Contrastive softmax loss of the Stage I two-tower model.
+
+Each training row is a (query, positive candidate) pair. Row i is scored against every
+candidate of the batch (the positives of all rows, so the other rows' positives are its
+in-batch negatives) plus M extra negatives sampled for the whole batch. The logits are
+
+    logit[i, j] = score(query_i, candidate_j) / temperature - log(Q_j)
+
+where Q_j is the sampling probability of candidate j: the item's train frequency for an
+in-batch candidate, the sampler's probability for a sampled one (mixed negative sampling).
+The correction (logQ) applies to every column, the positive included, because popular items
+are over-represented as negatives and as positives alike. A candidate other than column i
+whose item id equals row i's positive (an accidental hit) gets LARGE_NEGATIVE_LOGIT, so
+softmax gives it a probability of exactly 0 in float32.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# exp(-1e9 - max_logit) underflows to 0 in float32, so a masked column adds nothing to the
+# softmax denominator. A tiny additive epsilon (1e-40) would leave the column unchanged.
+LARGE_NEGATIVE_LOGIT = -1e9
+
+
+def contrastive_logits(
+    query_embeddings: tf.Tensor,
+    candidate_embeddings: tf.Tensor,
+    candidate_ids: tf.Tensor,
+    candidate_sampling_probability: tf.Tensor | None = None,
+    sampled_embeddings: tf.Tensor | None = None,
+    sampled_ids: tf.Tensor | None = None,
+    sampled_probability: tf.Tensor | None = None,
+    temperature: float | None = None,
+    remove_accidental_hits: bool = True,
+) -> tf.Tensor:
+    """Compute the logits of each row against in-batch and sampled candidates.
+
+    Args:
+      query_embeddings: [B, D] query tower outputs.
+      candidate_embeddings: [B, D] candidate tower outputs; row i is row i's positive.
+      candidate_ids: [B] int item ids of the positives, for accidental-hit masking.
+      candidate_sampling_probability: [B] train frequency of each positive item, all
+        above 0; None skips the logQ correction.
+      sampled_embeddings: [M, D] candidate tower outputs of the sampled negatives, or None.
+      sampled_ids: [M] int item ids of the sampled negatives; required with
+        `sampled_embeddings`.
+      sampled_probability: [M] the sampler's probability of each sampled item; required
+        with `sampled_embeddings` when `candidate_sampling_probability` is given.
+      temperature: Divisor of the scores, or None for no scaling.
+      remove_accidental_hits: Mask candidates whose id equals the row's positive id.
+
+    Returns:
+      [B, B + M] float32 logits; the label of row i is column i.
+
+    Raises:
+      ValueError: Sampled embeddings come without their ids or probabilities.
+    """
+    candidates, ids, probabilities = stack_candidates(
+        candidate_embeddings,
+        candidate_ids,
+        candidate_sampling_probability,
+        sampled_embeddings,
+        sampled_ids,
+        sampled_probability,
+    )
+    scores = tf.linalg.matmul(query_embeddings, candidates, transpose_b=True)
+    return corrected_logits(
+        scores, candidate_ids, ids, probabilities, temperature, remove_accidental_hits
+    )
+
+
+def corrected_logits(
+    scores: tf.Tensor,
+    positive_ids: tf.Tensor,
+    candidate_ids: tf.Tensor,
+    probabilities: tf.Tensor | None = None,
+    temperature: float | None = None,
+    remove_accidental_hits: bool = True,
+) -> tf.Tensor:
+    """Turn raw scores into the loss logits: temperature, logQ, accidental-hit mask.
+
+    Args:
+      scores: [B, N] similarity of row i with candidate j; candidate i is row i's positive.
+      positive_ids: [B] int item id of each row's positive.
+      candidate_ids: [N] int item id of each candidate.
+      probabilities: [N] sampling probability of each candidate, or None to skip logQ.
+      temperature: Divisor of the scores, or None.
+      remove_accidental_hits: Mask candidates j != i whose id equals row i's positive id.
+
+    Returns:
+      [B, N] float32 logits.
+    """
+    logits = scores
+    if temperature is not None:
+        logits = logits / temperature
+    if probabilities is not None:
+        logits = logits - tf.math.log(tf.cast(probabilities, logits.dtype))[tf.newaxis, :]
+    if remove_accidental_hits:
+        logits = _mask_accidental_hits(logits, positive_ids, candidate_ids)
+    return logits
+
+
+def softmax_loss(logits: tf.Tensor) -> tf.Tensor:
+    """Return each row's softmax cross-entropy with column i as row i's label: [B]."""
+    labels = tf.range(tf.shape(logits)[0])
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def contrastive_loss(
+    query_embeddings: tf.Tensor,
+    candidate_embeddings: tf.Tensor,
+    candidate_ids: tf.Tensor,
+    **kwargs,
+) -> tf.Tensor:
+    """Compute each row's softmax cross-entropy against its positive.
+
+    Args:
+      query_embeddings: [B, D] query tower outputs.
+      candidate_embeddings: [B, D] positives, row i for row i.
+      candidate_ids: [B] int item ids of the positives.
+      **kwargs: The other arguments of `contrastive_logits`.
+
+    Returns:
+      [B] float32 per-row losses, unweighted and unreduced.
+    """
+    return softmax_loss(
+        contrastive_logits(query_embeddings, candidate_embeddings, candidate_ids, **kwargs)
+    )
+
+
+def stack_candidates(
+    candidate_embeddings: tf.Tensor,
+    candidate_ids: tf.Tensor,
+    candidate_sampling_probability: tf.Tensor | None = None,
+    sampled_embeddings: tf.Tensor | None = None,
+    sampled_ids: tf.Tensor | None = None,
+    sampled_probability: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+    """Append the sampled negatives to the in-batch candidates.
+
+    Returns:
+      Candidate embeddings [B + M, D], their ids [B + M] and their sampling probabilities
+      [B + M] (None without `candidate_sampling_probability`).
+
+    Raises:
+      ValueError: Sampled embeddings come without their ids, or without their
+        probabilities while the in-batch candidates have theirs.
+    """
+    if sampled_embeddings is None:
+        return candidate_embeddings, candidate_ids, candidate_sampling_probability
+    if sampled_ids is None:
+        raise ValueError(
+            "sampled_ids is None but sampled_embeddings was given: pass the sampled item ids "
+            "so that accidental hits among the sampled negatives can be masked"
+        )
+    if candidate_sampling_probability is not None and sampled_probability is None:
+        raise ValueError(
+            "sampled_probability is None but candidate_sampling_probability was given: pass "
+            "the sampler's probabilities so that the logQ correction covers every candidate"
+        )
+
+    candidates = tf.concat([candidate_embeddings, sampled_embeddings], axis=0)
+    ids = tf.concat([candidate_ids, tf.cast(sampled_ids, candidate_ids.dtype)], axis=0)
+    probabilities = None
+    if candidate_sampling_probability is not None:
+        probabilities = tf.concat(
+            [
+                tf.cast(candidate_sampling_probability, tf.float32),
+                tf.cast(sampled_probability, tf.float32),
+            ],
+            axis=0,
+        )
+    return candidates, ids, probabilities
+
+
+def _mask_accidental_hits(
+    logits: tf.Tensor, positive_ids: tf.Tensor, candidate_ids: tf.Tensor
+) -> tf.Tensor:
+    # [B, N]: True where column j holds row i's positive item.
+    same_item = tf.equal(positive_ids[:, tf.newaxis], candidate_ids[tf.newaxis, :])
+    shape = tf.shape(logits)
+    positive_column = tf.cast(tf.eye(shape[0], shape[1]), tf.bool)
+    accidental_hit = tf.logical_and(same_item, tf.logical_not(positive_column))
+    return tf.where(accidental_hit, tf.constant(LARGE_NEGATIVE_LOGIT, logits.dtype), logits)
