@@ -2,6 +2,10 @@
 
   idpt run [--data PATH] [--format F] [--mapping KEY=VALUE ...] [--output DIR] ...
   idpt bench [--output DIR] [--quick] [--only NAME ...]
+  idpt serve --model-base-dir DIR        the local TF Serving-protocol server
+  idpt recommend --user ID --k N         top items for a user through gRPC
+  idpt serving-config --output DIR       TF Serving config files and Kubernetes manifests
+  idpt compile-kfp --image IMAGE ...     the Kubeflow Pipelines v2 spec
 
 TF_USE_LEGACY_KERAS is set before anything imports TensorFlow: TFRS and TFMA need
 Keras 2 (tf_keras), and TensorFlow 2.16+ picks Keras 3 unless it is set first.
@@ -12,6 +16,8 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import importlib  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
@@ -65,7 +71,37 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--only", action="append", default=[], metavar="NAME", help="run only this module"
     )
+
+    from serving import commands as serving_commands
+
+    serving_commands.add_serve_arguments(
+        commands.add_parser("serve", help="serve a model base folder over TF Serving's gRPC API")
+    )
+    serving_commands.add_recommend_arguments(
+        commands.add_parser("recommend", help="recommend items for a user through gRPC")
+    )
+    serving_commands.add_serving_config_arguments(
+        commands.add_parser(
+            "serving-config", help="write TF Serving config files and Kubernetes manifests"
+        )
+    )
+    _add_compile_arguments(
+        commands.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2")
+    )
     return parser
+
+
+def _add_compile_arguments(compile_kfp: argparse.ArgumentParser) -> None:
+    _add_run_arguments(compile_kfp)
+    compile_kfp.add_argument("--image", required=True, help="component image built from Dockerfile")
+    compile_kfp.add_argument(
+        "--pipeline-root",
+        required=True,
+        help="artifact root every component reaches, e.g. gs://...",
+    )
+    compile_kfp.add_argument(
+        "--spec", default="idpt_pipeline.json", help="pipeline spec file to write"
+    )
 
 
 def _add_run_arguments(run: argparse.ArgumentParser) -> None:
@@ -131,6 +167,28 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--no-cache", action="store_true", help="rerun every component")
 
+    run.add_argument("--embedding-dim", type=int, help="width of the id embedding tables")
+    run.add_argument("--stage1-batch-size", type=int, help="Stage I training batch size")
+    run.add_argument(
+        "--stage2-variant",
+        choices=("frozen", "finetune", "full", "cold"),
+        help="how Stage II uses the pre-trained tables (default finetune)",
+    )
+    run.add_argument("--stage2-steps", type=int, help="Stage II batches per epoch (default: all)")
+    run.add_argument(
+        "--skip-stage1",
+        action="store_true",
+        help="warm-start Stage II from the latest blessed Stage I model instead of training one",
+    )
+    run.add_argument("--min-recall", type=float, help="retrieval gate floor on eval recall@K")
+    run.add_argument("--min-auc", type=float, help="ranking gate floor on eval AUC")
+    run.add_argument(
+        "--serving-dir", help="TF Serving model base directory (default: <dataset folder>/serving)"
+    )
+    run.add_argument(
+        "--first-half-only", action="store_true", help="stop after Transform (no training)"
+    )
+
 
 class ConfigError(ValueError):
     """An invalid command-line option or combination of options."""
@@ -187,6 +245,38 @@ def _config_from_args(args: argparse.Namespace):
         epochs=args.epochs,
         enable_cache=not args.no_cache,
         dataset=args.dataset,
+        training=_training_config(args),
+        first_half_only=args.first_half_only,
+    )
+
+
+def _training_config(args: argparse.Namespace):
+    from tfx_pipeline.training import TrainingConfig
+
+    defaults = TrainingConfig()
+    stage1 = dataclasses.replace(defaults.stage1, epochs=args.epochs)
+    if args.embedding_dim:
+        stage1 = dataclasses.replace(stage1, embedding_dim=args.embedding_dim)
+    if args.stage1_batch_size:
+        stage1 = dataclasses.replace(stage1, batch_size=args.stage1_batch_size)
+    stage2 = defaults.stage2
+    if args.stage2_variant:
+        stage2 = dataclasses.replace(stage2, variant=args.stage2_variant)
+    if args.stage2_steps:
+        stage2 = dataclasses.replace(stage2, steps_per_epoch=args.stage2_steps)
+    retrieval_gate = defaults.retrieval_gate
+    if args.min_recall is not None:
+        retrieval_gate = dataclasses.replace(retrieval_gate, floor=args.min_recall)
+    ranking_gate = defaults.ranking_gate
+    if args.min_auc is not None:
+        ranking_gate = dataclasses.replace(ranking_gate, min_auc=args.min_auc)
+    return TrainingConfig(
+        stage1=stage1,
+        stage2=stage2,
+        retrieval_gate=retrieval_gate,
+        ranking_gate=ranking_gate,
+        skip_stage1=args.skip_stage1,
+        serving_dir=os.path.abspath(args.serving_dir) if args.serving_dir else "",
     )
 
 
@@ -250,6 +340,40 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compile_kfp(args: argparse.Namespace) -> int:
+    # The Kubeflow runner is imported by name: it is the one entry point that
+    # uses kubeflow/, and no pipeline code depends on it.
+    runner = importlib.import_module("kubeflow.runner")
+    config = config_from_args(args)
+    target = runner.KubeflowTarget(
+        image=args.image,
+        pipeline_root=args.pipeline_root,
+        serving_dir=args.serving_dir or args.pipeline_root.rstrip("/") + "/serving",
+    )
+    path = runner.compile_pipeline(config, target, args.spec)
+    sys.stdout.write(f"Kubeflow pipeline spec written to {path}\n")
+    return 0
+
+
+def _serving_command(name: str):
+    def run_command(args: argparse.Namespace) -> int:
+        from serving import commands as serving_commands
+
+        return getattr(serving_commands, name)(args) or 0
+
+    return run_command
+
+
+_COMMANDS = {
+    "run": lambda args: _run(args),
+    "bench": lambda args: _bench(args),
+    "compile-kfp": lambda args: _compile_kfp(args),
+    "serve": _serving_command("serve_main"),
+    "recommend": _serving_command("recommend_main"),
+    "serving-config": _serving_command("serving_config_main"),
+}
+
+
 def _input_errors() -> tuple[type[Exception], ...]:
     """Return the exception types that report bad input or configuration, not a bug."""
     from tfx_pipeline.components.ingestion import EmptySplitError
@@ -277,9 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     input_errors = _input_errors()
     try:
-        if args.command == "run":
-            return _run(args)
-        return _bench(args)
+        return _COMMANDS[args.command](args)
     except input_errors as error:
         sys.stderr.write(f"idpt {args.command}: error: {error}\n")
         return 1

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tfx_pipeline.training import TrainingConfig
 from transforms import preprocessing, readers
 from transforms.log_mapping import ColumnMapping
 
@@ -120,6 +121,9 @@ class PipelineConfig:
       epochs: Stage I epochs (read by the trainers).
       enable_cache: reuse results of components whose inputs did not change.
       dataset: name of the run folder; None derives it from `data`.
+      training: trainers, gates and push settings.
+      first_half_only: stop after Transform and its vocabulary check (no
+        training, evaluation or push), e.g. to check a new log quickly.
     """
 
     data: str = DEFAULT_DATA
@@ -135,6 +139,8 @@ class PipelineConfig:
     epochs: int = 5
     enable_cache: bool = True
     dataset: str | None = None
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    first_half_only: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "beam_pipeline_args", tuple(self.beam_pipeline_args))
@@ -195,6 +201,12 @@ class PipelineConfig:
             "epochs": self.epochs,
             "enable_cache": self.enable_cache,
             "dataset": self.dataset_name,
+            "stage1": self.training.stage1.to_dict(),
+            "stage2": self.training.stage2.to_dict(),
+            "retrieval_gate": json.loads(self.training.retrieval_gate.to_json()),
+            "ranking_gate": dataclasses.asdict(self.training.ranking_gate),
+            "skip_stage1": self.training.skip_stage1,
+            "first_half_only": self.first_half_only,
         }
 
 

@@ -17,7 +17,6 @@ import logging as std_logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
 
 from absl import logging
 from ml_metadata import metadata_store
@@ -42,15 +41,11 @@ def metadata_connection_config(config: PipelineConfig) -> metadata_store_pb2.Con
     return metadata.sqlite_metadata_connection_config(config.metadata_path)
 
 
-def run(
-    config: PipelineConfig,
-    more_components: Callable[[pipeline_lib.FirstHalf], Sequence[tfx.types.BaseNode]] | None = None,
-) -> None:
+def run(config: PipelineConfig) -> None:
     """Run the pipeline for `config` to completion.
 
     Args:
       config: the run's configuration.
-      more_components: see `pipeline.create_pipeline`.
 
     Raises:
       Whatever a component raises (e.g. ingestion.EmptySplitError), after the
@@ -67,7 +62,6 @@ def run(
         config,
         metadata_connection_config=metadata_connection_config(config),
         data_fingerprint=ingestion.data_fingerprint(config.data, config.data_format),
-        more_components=more_components,
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
     logging.info("IDPT run finished.")

@@ -8,21 +8,19 @@ The first half, built by `build_first_half`:
     -> VocabularyCheck
 
 Transform runs only after AnomaliesGate passed (a task dependency, as no
-artifact flows between them). Components that follow (trainers, evaluator,
-pusher) are added by `more_components`, which receives the first half so it can
-wire their inputs, e.g. `FirstHalf.transform.outputs["transform_graph"]`.
+artifact flows between them). The second half, from the Stage I trainer to the
+pusher, is built by `tfx_pipeline.training.build_training_half`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from tfx_pipeline import schema
+from tfx_pipeline import schema, training
 from tfx_pipeline.components import ingestion, vocabulary_check
 from tfx_pipeline.config import PipelineConfig
 from transforms import features
@@ -48,7 +46,11 @@ class FirstHalf:
         return [getattr(self, field.name) for field in dataclasses.fields(self)]
 
 
-def build_first_half(config: PipelineConfig, data_fingerprint: str | None = None) -> FirstHalf:
+def build_first_half(
+    config: PipelineConfig,
+    data_fingerprint: str | None = None,
+    data_parameter: tfx.dsl.experimental.RuntimeParameter | None = None,
+) -> FirstHalf:
     """Build the components from raw log to checked Transform output.
 
     Args:
@@ -56,12 +58,13 @@ def build_first_half(config: PipelineConfig, data_fingerprint: str | None = None
       data_fingerprint: `ingestion.data_fingerprint(...)` of the log, so that a cached
         ingestion is reused only while the files are unchanged; None skips it
         (a compiled Kubeflow pipeline, whose data path is a runtime parameter).
+      data_parameter: a runtime parameter that replaces `config.data`.
 
     Returns:
       The components, wired.
     """
     log_ingestion = ingestion.LogIngestion(
-        data=config.data,
+        data=data_parameter if data_parameter is not None else config.data,
         data_format=config.data_format,
         split=config.split,
         mapping=config.mapping,
@@ -112,27 +115,42 @@ def create_pipeline(
     *,
     metadata_connection_config: metadata_store_pb2.ConnectionConfig | None = None,
     data_fingerprint: str | None = None,
-    more_components: Callable[[FirstHalf], Sequence[tfx.types.BaseNode]] | None = None,
+    pipeline_root: str | None = None,
+    serving_dir: str | None = None,
+    data_parameter: tfx.dsl.experimental.RuntimeParameter | None = None,
+    epochs_parameter: tfx.dsl.experimental.RuntimeParameter | None = None,
 ) -> tfx.dsl.Pipeline:
-    """Return the IDPT pipeline for `config`.
+    """Return the IDPT pipeline for `config`; every runner compiles this one.
 
     Args:
-      config: the run's configuration (paths, split, vocabularies, Beam options).
+      config: the run's configuration (paths, split, vocabularies, trainers, gates).
       metadata_connection_config: ML Metadata connection; None lets the
         orchestrator supply it (Kubeflow).
       data_fingerprint: see `build_first_half`.
-      more_components: builds the components after the first half from it.
+      pipeline_root: where artifacts go; None uses `config.pipeline_root`.
+      serving_dir: TF Serving model base directory; None uses the training
+        config's, or `<dataset dir>/serving`.
+      data_parameter, epochs_parameter: runtime parameters (Kubeflow) that
+        replace `config.data` and `config.epochs` at run time.
 
     Returns:
       The pipeline, not yet run.
     """
-    first_half = build_first_half(config, data_fingerprint)
+    first_half = build_first_half(config, data_fingerprint, data_parameter)
     components = first_half.components()
-    if more_components is not None:
-        components.extend(more_components(first_half))
+    if not config.first_half_only:
+        training_config = config.training
+        if serving_dir:
+            training_config = dataclasses.replace(training_config, serving_dir=serving_dir)
+        components += training.build_training_half(
+            training_config,
+            first_half,
+            config.dataset_dir,
+            epochs_parameter if epochs_parameter is not None else config.epochs,
+        )
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
+        pipeline_root=pipeline_root or config.pipeline_root,
         components=components,
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,

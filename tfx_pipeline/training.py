@@ -9,8 +9,6 @@ warm-starts from the latest blessed Stage I model of earlier runs; its
 embedding export is remapped by token, so vocabularies may have changed since.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import os
@@ -21,7 +19,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from tfx_pipeline import evaluation
-from tfx_pipeline.components import push, retrieval_gate, serving_validation
+from tfx_pipeline.components import push, serving_validation
+from tfx_pipeline.components.retrieval_gate import RetrievalGate, RetrievalGateConfig
 from trainer.config import Stage1Config
 from trainer.stage2_config import Stage2Config
 from transforms import features
@@ -60,9 +59,7 @@ class TrainingConfig:
 
     stage1: Stage1Config = dataclasses.field(default_factory=Stage1Config)
     stage2: Stage2Config = dataclasses.field(default_factory=Stage2Config)
-    retrieval_gate: retrieval_gate.RetrievalGateConfig = dataclasses.field(
-        default_factory=retrieval_gate.RetrievalGateConfig
-    )
+    retrieval_gate: RetrievalGateConfig = dataclasses.field(default_factory=RetrievalGateConfig)
     ranking_gate: evaluation.RankingGateConfig = dataclasses.field(
         default_factory=evaluation.RankingGateConfig
     )
@@ -88,7 +85,7 @@ def TrainingSettings(  # noqa: N802 - TFX names components like classes.
 
 
 def latest_blessed(node_id: str, model_producer: str, blessing_producer: str) -> tfx.dsl.Resolver:
-    """Return a Resolver for the newest model of `model_producer` that `blessing_producer` blessed."""
+    """Return a Resolver of the newest `model_producer` model that `blessing_producer` blessed."""
     return tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=standard_artifacts.Model, producer_component_id=model_producer),
@@ -132,7 +129,7 @@ def build_training_half(
         stage1 = _stage1_trainer(
             training, examples, transform_graph, schema, hyperparameters, dataset_dir
         )
-        gate = retrieval_gate.RetrievalGate(
+        gate = RetrievalGate(
             model=stage1.outputs["model"],
             baseline_model=stage1_baseline.outputs["model"],
             config=training.retrieval_gate.to_json(),

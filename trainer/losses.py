@@ -107,6 +107,45 @@ def softmax_loss(logits: tf.Tensor) -> tf.Tensor:
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
+def shared_query_softmax_loss(
+    row_logits: tf.Tensor,
+    positive_ids: tf.Tensor,
+    candidate_ids: tf.Tensor,
+    remove_accidental_hits: bool = True,
+) -> tf.Tensor:
+    """Compute `softmax_loss` for B rows that share one query, in O(N) instead of O(B * N).
+
+    Every row scores the same candidates with the same query, so the rows' logits differ
+    only in which columns accidental-hit masking removes. Row i's log-sum-exp is the
+    total over all columns minus the mass of the columns that hold its positive item,
+    plus its own column back.
+
+    Args:
+      row_logits: [N] logits of the shared query against every candidate, after the
+        temperature and the logQ correction; candidate i is row i's positive for i < B.
+      positive_ids: [B] int item id of each row's positive.
+      candidate_ids: [N] int item id of each candidate.
+      remove_accidental_hits: Leave out columns j != i whose id equals row i's positive id.
+
+    Returns:
+      [B] float32 losses, equal to `softmax_loss` of the broadcast [B, N] logits after
+      `corrected_logits` masking.
+    """
+    rows = tf.shape(positive_ids)[0]
+    peak = tf.stop_gradient(tf.reduce_max(row_logits))
+    mass = tf.exp(row_logits - peak)
+    positive_logits = row_logits[:rows]
+    denominator = tf.reduce_sum(mass)
+
+    if remove_accidental_hits:
+        unique_ids, column_item = tf.unique(candidate_ids)
+        item_mass = tf.math.unsorted_segment_sum(mass, column_item, tf.size(unique_ids))
+        same_item_mass = tf.gather(item_mass, column_item[:rows])
+        # The true value is at least the row's own column; the floor absorbs rounding.
+        denominator = tf.maximum(denominator - same_item_mass + mass[:rows], mass[:rows])
+    return tf.math.log(denominator) + peak - positive_logits
+
+
 def contrastive_loss(
     query_embeddings: tf.Tensor,
     candidate_embeddings: tf.Tensor,
@@ -177,9 +216,8 @@ def stack_candidates(
 def _mask_accidental_hits(
     logits: tf.Tensor, positive_ids: tf.Tensor, candidate_ids: tf.Tensor
 ) -> tf.Tensor:
-    # [B, N]: True where column j holds row i's positive item.
+    # [B, N]: True where column j holds row i's positive item, column i included.
     same_item = tf.equal(positive_ids[:, tf.newaxis], candidate_ids[tf.newaxis, :])
-    shape = tf.shape(logits)
-    positive_column = tf.cast(tf.eye(shape[0], shape[1]), tf.bool)
-    accidental_hit = tf.logical_and(same_item, tf.logical_not(positive_column))
-    return tf.where(accidental_hit, tf.constant(LARGE_NEGATIVE_LOGIT, logits.dtype), logits)
+    masked = tf.where(same_item, tf.constant(LARGE_NEGATIVE_LOGIT, logits.dtype), logits)
+    # Column i is row i's positive, not an accidental hit: put its logit back.
+    return tf.linalg.set_diag(masked, tf.linalg.diag_part(logits))

@@ -209,22 +209,20 @@ class Stage1Model(tf.keras.Model):
         # [B (+1 with the OOV query), B + M]
         scores = tf.linalg.matmul(query, candidates, transpose_b=True)
 
-        def loss_of(row_scores: tf.Tensor) -> tf.Tensor:
-            return losses.softmax_loss(
-                losses.corrected_logits(
-                    row_scores,
-                    item_ids,
-                    candidate_ids,
-                    probabilities,
-                    self.config.temperature if self.config.similarity == "cosine" else None,
-                    self.config.remove_accidental_hits,
-                )
-            )
-
-        loss = loss_of(scores[:rows])
+        temperature = self.config.temperature if self.config.similarity == "cosine" else None
+        mask = self.config.remove_accidental_hits
+        logits = losses.corrected_logits(
+            scores[:rows], item_ids, candidate_ids, probabilities, temperature, mask
+        )
+        loss = losses.softmax_loss(logits)
         if unseen_weight:
-            unseen_scores = tf.broadcast_to(scores[rows:], tf.shape(scores[:rows]))
-            loss = loss + unseen_weight * loss_of(unseen_scores)
+            # The OOV query's row, corrected but unmasked; masking is per row, done inside.
+            unseen_logits = losses.corrected_logits(
+                scores[rows:], item_ids[:1], candidate_ids, probabilities, temperature, False
+            )
+            loss += unseen_weight * losses.shared_query_softmax_loss(
+                unseen_logits[0], item_ids, candidate_ids, mask
+            )
         return loss
 
     def train_step(self, batch: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:

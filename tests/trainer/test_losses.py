@@ -253,3 +253,51 @@ def test_sampled_without_probability_is_rejected_under_logq():
             sampled_embeddings=tf.constant(IDENTITY),
             sampled_ids=tf.constant([1, 2], tf.int64),
         )
+
+
+def _broadcast_reference(row_logits, positive_ids, candidate_ids):
+    rows = len(positive_ids)
+    logits = np.tile(np.asarray(row_logits, np.float64), (rows, 1))
+    for i in range(rows):
+        for j in range(len(candidate_ids)):
+            if j != i and candidate_ids[j] == positive_ids[i]:
+                logits[i, j] = -1e9
+    peak = logits.max(axis=1, keepdims=True)
+    log_sum_exp = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+    return log_sum_exp - logits[np.arange(rows), np.arange(rows)]
+
+
+def test_shared_query_loss_by_hand():
+    # Row logits [1, 1, 2, 0] over ids [7, 7, 8, 7]; rows 0 and 1 (both item 7) and row 2.
+    # Row 0 keeps its own column 0 and column 2 (item 8): log(e + e^2) - 1 = log(1 + e)
+    # = 1.313262; row 1 likewise with column 1.
+    # Row 2 keeps every column: log(e + e + e^2 + 1) - 2 = log(13.825623) - 2 = 0.626523.
+    values = losses.shared_query_softmax_loss(
+        tf.constant([1.0, 1.0, 2.0, 0.0]),
+        tf.constant([7, 7, 8], tf.int64),
+        tf.constant([7, 7, 8, 7], tf.int64),
+    ).numpy()
+    row_two = math.log(2 * math.e + math.e**2 + 1) - 2
+    np.testing.assert_allclose(values, [1.313262, 1.313262, row_two], atol=1e-6)
+    assert row_two == pytest.approx(0.626523, abs=1e-6)
+
+
+def test_shared_query_loss_matches_broadcast_rows(cases_dir):
+    _, _, item_ids = _duplicate_case(cases_dir)
+    rng = np.random.default_rng(4)
+    # The 16 in-batch columns plus 5 sampled ones; a sampled copy of an in-batch item has
+    # its own logit (another sampling probability), so equal ids need not mean equal logits.
+    candidate_ids = item_ids + [item_ids[0], 3, item_ids[9], 40, 41]
+    row_logits = rng.normal(scale=3.0, size=len(candidate_ids))
+    for mask in (True, False):
+        values = losses.shared_query_softmax_loss(
+            tf.constant(row_logits, tf.float32),
+            tf.constant(item_ids, tf.int64),
+            tf.constant(candidate_ids, tf.int64),
+            remove_accidental_hits=mask,
+        ).numpy()
+        if mask:
+            expected = _broadcast_reference(row_logits, item_ids, candidate_ids)
+        else:
+            expected = _broadcast_reference(row_logits, item_ids, list(range(100, 121)))
+        np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-5)

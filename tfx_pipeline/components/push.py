@@ -7,8 +7,6 @@ loads only all-digit folder names) never sees a half-written version. TFX's own
 Pusher copies in place and handles one model per component.
 """
 
-from __future__ import annotations
-
 import os
 import shutil
 import time

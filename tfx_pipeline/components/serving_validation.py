@@ -10,8 +10,6 @@ succeeds with a score for each row. The requests it sent are written as
 PredictionLog warmup records, which the pusher installs beside each version.
 """
 
-from __future__ import annotations
-
 import glob
 import os
 import shutil
