@@ -134,6 +134,8 @@ def build_training_half(
             baseline_model=stage1_baseline.outputs["model"],
             config=training.retrieval_gate.to_json(),
         ).with_id(RETRIEVAL_GATE)
+        # An empty vocabulary stops the run before training (VocabularyCheck).
+        stage1.add_upstream_node(first_half.vocabulary_check)
         stage1_model = stage1.outputs["model"]
         retrieval_blessing = gate.outputs["blessing"]
         nodes += [stage1, gate]
@@ -199,6 +201,7 @@ def _ranking_nodes(
         eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
         custom_config=training.stage2.to_dict(),
     ).with_id(STAGE2_TRAINER)
+    stage2.add_upstream_node(first_half.vocabulary_check)
     ranking_baseline = latest_blessed(RANKING_BASELINE, STAGE2_TRAINER, EVALUATOR)
     evaluator = tfx.components.Evaluator(
         examples=examples,
@@ -218,6 +221,7 @@ def _ranking_nodes(
         serving_blessing=validator.outputs["blessing"],
         retrieval_model=stage1_model,
         retrieval_blessing=retrieval_blessing,
+        examples=examples,
         base_directory=training.serving_dir or os.path.join(dataset_dir, "serving"),
     ).with_id(PUSHER)
     return [stage2, ranking_baseline, evaluator, validator, pusher]

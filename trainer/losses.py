@@ -161,11 +161,93 @@ def contrastive_loss(
       **kwargs: The other arguments of `contrastive_logits`.
 
     Returns:
-      [B] float32 per-row losses, unweighted and unreduced.
+      [B] float32 per-row losses, unweighted and unreduced; equal to
+      `softmax_loss(contrastive_logits(...))`.
     """
-    return softmax_loss(
-        contrastive_logits(query_embeddings, candidate_embeddings, candidate_ids, **kwargs)
+    loss, _ = contrastive_losses(query_embeddings, candidate_embeddings, candidate_ids, **kwargs)
+    return loss
+
+
+def contrastive_losses(
+    query_embeddings: tf.Tensor,
+    candidate_embeddings: tf.Tensor,
+    candidate_ids: tf.Tensor,
+    candidate_sampling_probability: tf.Tensor | None = None,
+    sampled_embeddings: tf.Tensor | None = None,
+    sampled_ids: tf.Tensor | None = None,
+    sampled_probability: tf.Tensor | None = None,
+    temperature: float | None = None,
+    remove_accidental_hits: bool = True,
+    shared_query_embedding: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Compute the contrastive loss with few passes over the [B, B + M] logits.
+
+    Each pass over the logits costs about as much as the matmul that makes them, so the
+    temperature scales the [B, D] queries instead, and the logQ correction rides in the
+    matmul: queries get a last coordinate -1 and candidates log(Q_j). Masking sets the
+    positive's own column aside too and adds it back with a log-add-exp, which avoids
+    rebuilding the diagonal.
+
+    Args:
+      query_embeddings, candidate_embeddings, candidate_ids, candidate_sampling_probability,
+      sampled_embeddings, sampled_ids, sampled_probability, temperature,
+      remove_accidental_hits: As for `contrastive_logits`.
+      shared_query_embedding: Optional [D] query scored against the same candidates as if
+        it were every row's query; its losses come second.
+
+    Returns:
+      [B] per-row losses, and [B] per-row losses of the shared query (None without it).
+    """
+    candidates, ids, probabilities = stack_candidates(
+        candidate_embeddings,
+        candidate_ids,
+        candidate_sampling_probability,
+        sampled_embeddings,
+        sampled_ids,
+        sampled_probability,
     )
+    queries = query_embeddings
+    if shared_query_embedding is not None:
+        queries = tf.concat([queries, shared_query_embedding[tf.newaxis, :]], axis=0)
+    if temperature is not None:
+        queries = queries / temperature
+    if probabilities is not None:
+        queries, candidates = _append_logq(queries, candidates, probabilities)
+
+    rows = tf.shape(candidate_ids)[0]
+    row_queries = queries[:rows]
+    logits = tf.linalg.matmul(row_queries, candidates, transpose_b=True)
+    positive_logits = tf.reduce_sum(row_queries * candidates[:rows], axis=-1)
+    if remove_accidental_hits:
+        same_item = tf.equal(candidate_ids[:, tf.newaxis], ids[tf.newaxis, :])
+        others = tf.where(same_item, tf.constant(LARGE_NEGATIVE_LOGIT, logits.dtype), logits)
+        log_normalizer = tf.math.reduce_logsumexp(others, axis=1)
+        log_normalizer = _log_add_exp(log_normalizer, positive_logits)
+    else:
+        log_normalizer = tf.math.reduce_logsumexp(logits, axis=1)
+    loss = log_normalizer - positive_logits
+
+    shared_loss = None
+    if shared_query_embedding is not None:
+        shared_logits = tf.linalg.matmul(queries[rows:], candidates, transpose_b=True)[0]
+        shared_loss = shared_query_softmax_loss(
+            shared_logits, candidate_ids, ids, remove_accidental_hits
+        )
+    return loss, shared_loss
+
+
+def _append_logq(
+    queries: tf.Tensor, candidates: tf.Tensor, probabilities: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    # [q, -1] . [c, log Q] = q . c - log Q.
+    minus_one = -tf.ones_like(queries[:, :1])
+    log_probability = tf.math.log(tf.cast(probabilities, candidates.dtype))[:, tf.newaxis]
+    return tf.concat([queries, minus_one], axis=1), tf.concat([candidates, log_probability], axis=1)
+
+
+def _log_add_exp(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    larger = tf.maximum(a, b)
+    return larger + tf.math.log1p(tf.exp(-tf.abs(a - b)))
 
 
 def stack_candidates(

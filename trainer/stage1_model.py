@@ -198,31 +198,22 @@ class Stage1Model(tf.keras.Model):
         sampled_ids, sampled_probability = self.sample_negatives()
         query, candidate, sampled = self.embed(user_ids, item_ids, sampled_ids)
         logq = self.config.logq_correction
-        candidates, candidate_ids, probabilities = losses.stack_candidates(
+        loss, unseen_loss = losses.contrastive_losses(
+            query[:rows],
             candidate,
             item_ids,
-            batch[features.ITEM_SAMPLING_PROBABILITY] if logq else None,
-            sampled,
-            sampled_ids,
-            sampled_probability if logq else None,
+            candidate_sampling_probability=(
+                batch[features.ITEM_SAMPLING_PROBABILITY] if logq else None
+            ),
+            sampled_embeddings=sampled,
+            sampled_ids=sampled_ids,
+            sampled_probability=sampled_probability if logq else None,
+            temperature=self.config.temperature if self.config.similarity == "cosine" else None,
+            remove_accidental_hits=self.config.remove_accidental_hits,
+            shared_query_embedding=query[rows] if unseen_weight else None,
         )
-        # [B (+1 with the OOV query), B + M]
-        scores = tf.linalg.matmul(query, candidates, transpose_b=True)
-
-        temperature = self.config.temperature if self.config.similarity == "cosine" else None
-        mask = self.config.remove_accidental_hits
-        logits = losses.corrected_logits(
-            scores[:rows], item_ids, candidate_ids, probabilities, temperature, mask
-        )
-        loss = losses.softmax_loss(logits)
         if unseen_weight:
-            # The OOV query's row, corrected but unmasked; masking is per row, done inside.
-            unseen_logits = losses.corrected_logits(
-                scores[rows:], item_ids[:1], candidate_ids, probabilities, temperature, False
-            )
-            loss += unseen_weight * losses.shared_query_softmax_loss(
-                unseen_logits[0], item_ids, candidate_ids, mask
-            )
+            loss += unseen_weight * unseen_loss
         return loss
 
     def train_step(self, batch: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -7,10 +7,12 @@ loads only all-digit folder names) never sees a half-written version. TFX's own
 Pusher copies in place and handles one model per component.
 """
 
+import collections
 import os
 import shutil
 import time
 
+import tensorflow as tf
 from absl import logging
 from tfx import types
 from tfx.dsl.component.experimental.annotations import (
@@ -21,6 +23,7 @@ from tfx.dsl.component.experimental.annotations import (
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
+from serving import history
 from transforms import features
 
 SERVING_MODEL_FOLDER = "Format-Serving"
@@ -47,7 +50,32 @@ def next_version(model_dir: str) -> int:
     return max([int(time.time()), *[version + 1 for version in existing]])
 
 
-def push_saved_model(saved_model_dir: str, model_dir: str, warmup_file: str | None) -> str:
+def read_train_history(examples_uri: str) -> dict[str, set[str]]:
+    """Return the items each user engaged with (label 1) in the train split.
+
+    Args:
+      examples_uri: an Examples artifact with raw `user_id`, `item_id` and
+        `label` features (Transform's transformed examples pass them through).
+    """
+    pattern = os.path.join(examples_uri, f"Split-{features.TRAIN_SPLIT}", "*")
+    files = sorted(tf.io.gfile.glob(pattern))
+    compression = "GZIP" if files and files[0].endswith(".gz") else ""
+    history: dict[str, set[str]] = collections.defaultdict(set)
+    for record in tf.data.TFRecordDataset(files, compression_type=compression):
+        row = tf.train.Example.FromString(record.numpy()).features.feature
+        if row[features.LABEL].int64_list.value[:1] != [1]:
+            continue
+        user = row[features.USER_ID].bytes_list.value[0].decode("utf-8")
+        history[user].add(row[features.ITEM_ID].bytes_list.value[0].decode("utf-8"))
+    return dict(history)
+
+
+def push_saved_model(
+    saved_model_dir: str,
+    model_dir: str,
+    warmup_file: str | None,
+    user_history: dict[str, set[str]] | None = None,
+) -> str:
     """Copy a SavedModel into `model_dir/<version>` atomically and return that path.
 
     Args:
@@ -55,6 +83,8 @@ def push_saved_model(saved_model_dir: str, model_dir: str, warmup_file: str | No
       model_dir: the served model's folder, e.g. `<base>/ranking`.
       warmup_file: a PredictionLog TFRecord file to install as the version's
         warmup requests, or None to keep what the SavedModel already has.
+      user_history: items each user engaged with in training, written as
+        `features.USER_HISTORY_FILE` for `recommend` to exclude; None writes none.
 
     Returns:
       The path of the new version folder.
@@ -69,6 +99,9 @@ def push_saved_model(saved_model_dir: str, model_dir: str, warmup_file: str | No
         target = os.path.join(staging, features.WARMUP_FILE)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(warmup_file, target)
+
+    if user_history is not None:
+        history.write_user_history(os.path.join(staging, features.USER_HISTORY_FILE), user_history)
 
     final = os.path.join(model_dir, str(version))
     os.rename(staging, final)
@@ -90,6 +123,7 @@ def _push_one(
     serving_blessing: types.Artifact | None,
     base_directory: str,
     pushed: types.Artifact,
+    examples: types.Artifact | None = None,
 ) -> None:
     if model is None:
         _record_push(pushed, None, f"no new {name} model in this run")
@@ -103,6 +137,7 @@ def _push_one(
             os.path.join(model.uri, SERVING_MODEL_FOLDER),
             os.path.join(base_directory, name),
             warmup if os.path.isfile(warmup) else None,
+            read_train_history(examples.uri) if examples is not None else None,
         )
         _record_push(pushed, destination, "blessed by its gate and by serving validation")
         logging.info("Pushed the %s model to %s", name, destination)
@@ -122,12 +157,14 @@ def ModelPusher(  # noqa: N802 - TFX names components like classes.
     base_directory: Parameter[str],
     retrieval_model: InputArtifact[standard_artifacts.Model] = None,
     retrieval_blessing: InputArtifact[standard_artifacts.ModelBlessing] = None,
+    examples: InputArtifact[standard_artifacts.Examples] = None,
 ) -> None:
     """Push the blessed ranking and retrieval models as TF Serving versions.
 
     A model is pushed only when its own gate (Evaluator for ranking, the
     retrieval gate for Stage I) and serving validation both blessed it. When
     Stage I was skipped in this run, there is no retrieval model to push.
+    With `examples`, the retrieval version also gets the users' train history.
     """
     _push_one(
         features.RANKING_MODEL_NAME,
@@ -144,4 +181,5 @@ def ModelPusher(  # noqa: N802 - TFX names components like classes.
         serving_blessing,
         base_directory,
         pushed_retrieval,
+        examples,
     )
