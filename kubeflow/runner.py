@@ -22,7 +22,7 @@ DEFAULT_SPEC_FILE = "idpt_pipeline.json"
 
 @dataclasses.dataclass(frozen=True)
 class KubeflowTarget:
-    """Where the compiled pipeline runs.
+    """The image and remote paths of a compiled pipeline.
 
     Attributes:
       image: the component image built from the repository's Dockerfile.

@@ -324,8 +324,7 @@ def _run(args: argparse.Namespace) -> int:
     log_path = local_runner.configure_logging(config)
     logging.info("Full log of this run: %s", log_path)
     local_runner.run(config)
-    report = run_report.first_half_report(config)
-    json_path, _ = report.write(config.dataset_dir)
+    report, json_path = run_report.write_full_report(config)
     sys.stdout.write(report.to_text())
     logging.info("Run report written to %s.", json_path)
     return 0

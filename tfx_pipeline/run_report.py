@@ -27,12 +27,15 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx_pipeline import local_runner, plots, run_artifacts, training
 from tfx_pipeline.components import ingestion, push, vocabulary_check
 from tfx_pipeline.config import PipelineConfig
+from trainer import retrieval_metrics, stage1
 from transforms import features, readers
 
 REPORT_JSON = "run_report.json"
 REPORT_TEXT = "run_report.txt"
 RECALL_PLOT = "stage1_recall_by_epoch.png"
 AUC_PLOT = "stage2_auc_by_popularity_bucket.png"
+RECALL_PLOT_TITLE = "stage I recall@K by epoch"
+AUC_PLOT_TITLE = "stage II AUC by popularity bucket"
 
 INGESTION_NODE = "LogIngestion"
 VOCABULARY_CHECK_NODE = "VocabularyCheck"
@@ -54,6 +57,7 @@ OVERALL_SLICE = "overall"
 
 # Section names, shared by the builders, `write_full_report` and the tests.
 PROVENANCE = "provenance"
+CONFIG = "config"
 STAGE1 = "stage I retrieval (eval split)"
 RETRIEVAL_GATE = "retrieval gate"
 STAGE2 = "stage II ranking (eval split, TFMA)"
@@ -70,6 +74,7 @@ _TFMA_METRICS = (
     ("calibration", "calibration"),
 )
 _RETURNING_NAMES = {0: "new", 1: "returning"}
+_AFTER_STAGE2 = (training.EVALUATOR, training.SERVING_VALIDATOR)
 
 
 @dataclasses.dataclass
@@ -287,6 +292,8 @@ def build_report(
     report.add(RANKING_GATE, ranking_gate)
     report.add(SERVING_VALIDATION, _serving_section(config, runs))
     report.add(PUSH, _push_section(config, runs))
+    # Last, because it is long and the results above are what a reader looks for first.
+    report.add(CONFIG, config.to_dict())
     return report
 
 
@@ -297,7 +304,7 @@ def provenance(
 
     Returns:
       The run id, data path, format and checksum, components reused from the
-      cache, the configuration (`PipelineConfig.to_dict`) and package versions.
+      cache and package versions (the configuration is a section of its own).
     """
     cached = [node_id for node_id, run in runs.items() if run.state == "CACHED"]
     return {
@@ -307,7 +314,6 @@ def provenance(
         "data checksum": data_checksum(config.data, config.data_format),
         "outputs": config.dataset_dir,
         "components reused from the cache": cached or "none",
-        "config": config.to_dict(),
         "package versions": package_versions(),
     }
 
@@ -407,6 +413,8 @@ def not_run_reason(
         return f"its execution ended in state {run.state}; see the run's log"
     if config.first_half_only:
         return "--first-half-only stops the run after Transform"
+    if node_id in _AFTER_STAGE2 and _artifact(runs, training.STAGE2_TRAINER, "model") is None:
+        return f"Stage II did not run (see '{STAGE2}')"
     stage1_nodes = (training.STAGE1_TRAINER, training.RETRIEVAL_GATE)
     if config.training.skip_stage1 and node_id in stage1_nodes:
         return (
@@ -453,10 +461,6 @@ def read_stage1_history(model_uri: str) -> dict:
     Returns:
       The history document (`trainer.stage1.history_document`).
     """
-    # Imported here because trainer.stage1 loads TensorFlow and TFRS, which the
-    # report's formatting and its unit tests do not need.
-    from trainer import stage1
-
     return stage1.read_history(os.path.join(model_uri, push.SERVING_MODEL_FOLDER))
 
 
@@ -470,7 +474,8 @@ def stage1_epoch_rows(history: dict) -> list[dict[str, Any]]:
             "eval_loss": record.get("eval_loss"),
         }
         for k in history.get("recall_ks", []):
-            row[_recall_name(k)] = record.get(_recall_name(k))
+            name = retrieval_metrics.recall_metric_name(k)
+            row[name] = record.get(name)
         rows.append(row)
     return rows
 
@@ -479,22 +484,30 @@ def stage1_slice_rows(history: dict) -> list[dict[str, Any]]:
     """Return the last epoch's recall@K per item popularity bucket and per user group."""
     final = history.get("final", {})
     slices = [
-        (f"item_popularity_bucket {name}", f"popularity_bucket_{index}")
+        (f"{features.ITEM_POPULARITY_BUCKET} {name}", {"bucket": index})
         for index, name in enumerate(history.get("popularity_bucket_names", []))
     ]
-    slices += [("new users", "new_users"), ("returning users", "returning_users")]
+    slices += [
+        (
+            f"{features.USER_IS_RETURNING} {_RETURNING_NAMES[0]}",
+            {"users": retrieval_metrics.NEW_USERS},
+        ),
+        (
+            f"{features.USER_IS_RETURNING} {_RETURNING_NAMES[1]}",
+            {"users": retrieval_metrics.RETURNING_USERS},
+        ),
+    ]
 
     rows = []
-    for label, suffix in slices:
-        row = {"slice": label, "eval positives": final.get(f"eval_positives/{suffix}")}
+    for label, slice_arguments in slices:
+        positives = final.get(retrieval_metrics.positives_metric_name(**slice_arguments))
+        row = {"slice": label, "eval positives": positives}
         for k in history.get("recall_ks", []):
-            row[_recall_name(k)] = final.get(f"{_recall_name(k)}/{suffix}")
+            # Recall over no positives is undefined; the history records 0 there.
+            recall = final.get(retrieval_metrics.recall_metric_name(k, **slice_arguments))
+            row[retrieval_metrics.recall_metric_name(k)] = recall if positives else None
         rows.append(row)
     return rows
-
-
-def _recall_name(k: int) -> str:
-    return f"recall@{k}"
 
 
 def _retrieval_gate_section(config: PipelineConfig, runs: dict[str, run_artifacts.NodeRun]) -> dict:
@@ -751,6 +764,8 @@ def _serving_section(config: PipelineConfig, runs: dict[str, run_artifacts.NodeR
 
 
 def _push_section(config: PipelineConfig, runs: dict[str, run_artifacts.NodeRun]) -> dict:
+    if _artifact(runs, training.PUSHER, "pushed_ranking") is None:
+        return _not_run(config, runs, training.PUSHER)
     section = {}
     for name, key in (
         (features.RANKING_MODEL_NAME, "pushed_ranking"),
@@ -758,7 +773,7 @@ def _push_section(config: PipelineConfig, runs: dict[str, run_artifacts.NodeRun]
     ):
         pushed = _artifact(runs, training.PUSHER, key)
         if pushed is None:
-            section[name] = f"{NOT_RUN}: {not_run_reason(config, runs, training.PUSHER)}"
+            section[name] = f"not pushed: the pusher recorded no {key} output"
         elif _property(pushed, "pushed"):
             section[name] = _property(pushed, "pushed_destination")
         else:
@@ -774,40 +789,47 @@ def _push_section(config: PipelineConfig, runs: dict[str, run_artifacts.NodeRun]
 def draw_plots(report: RunReport, folder: str) -> dict[str, str]:
     """Draw the report's PNG plots into `folder` from the report's own numbers.
 
+    A plot whose data this run lacks is not drawn, and a file of that name left
+    by an earlier run is deleted, so every PNG in `folder` belongs to this run.
+
     Args:
       report: a report from `full_report`.
       folder: where RECALL_PLOT and AUC_PLOT are written.
 
     Returns:
-      Plot name to its path, or to "not drawn: <reason>" when its data is missing.
+      Plot title to its path, or to "not drawn: <reason>" when its data is missing.
     """
     os.makedirs(folder, exist_ok=True)
-    stage1 = report.sections.get(STAGE1, {})
+    recall_path = os.path.join(folder, RECALL_PLOT)
+    auc_path = os.path.join(folder, AUC_PLOT)
+    for path in (recall_path, auc_path):
+        if os.path.exists(path):
+            os.remove(path)
+
     drawn = {}
+    stage1 = report.sections.get(STAGE1, {})
     if stage1.get("epochs"):
         rows = stage1["epochs"]
         recall_columns = [column for column in rows[0] if column.startswith("recall@")]
-        drawn["stage I recall by epoch"] = plots.plot_recall_by_epoch(
+        drawn[RECALL_PLOT_TITLE] = plots.plot_recall_by_epoch(
             [row["epoch"] for row in rows],
             {column: [row[column] for row in rows] for column in recall_columns},
-            os.path.join(folder, RECALL_PLOT),
+            recall_path,
         )
     else:
-        drawn["stage I recall by epoch"] = f"not drawn: stage I {_missing(stage1)}"
+        drawn[RECALL_PLOT_TITLE] = f"not drawn: Stage I {_missing(stage1)}"
 
     stage2 = report.sections.get(STAGE2, {})
     if stage2.get("slices"):
         names, candidate, baseline = _bucket_series(stage2["slices"])
-        drawn["stage II AUC by popularity bucket"] = plots.plot_auc_by_bucket(
-            names, candidate, baseline, os.path.join(folder, AUC_PLOT)
-        )
+        drawn[AUC_PLOT_TITLE] = plots.plot_auc_by_bucket(names, candidate, baseline, auc_path)
     else:
-        drawn["stage II AUC by popularity bucket"] = f"not drawn: stage II {_missing(stage2)}"
+        drawn[AUC_PLOT_TITLE] = f"not drawn: Stage II {_missing(stage2)}"
     return drawn
 
 
 def _missing(section: dict) -> str:
-    return f"{NOT_RUN}: {section[NOT_RUN]}" if NOT_RUN in section else "has no metrics"
+    return f"was {NOT_RUN}" if NOT_RUN in section else "has no metrics"
 
 
 def _bucket_series(rows: list[dict]) -> tuple[list[str], list, list | None]:

@@ -62,9 +62,10 @@ class Stage1Config:
       remove_accidental_hits: Mask a candidate whose item id equals the row's positive.
       query_id_features: Extra categorical user_* features summed into the query tower.
       candidate_id_features: Extra categorical item_* features summed into the candidate tower.
-      unseen_user_loss_weight: Weight w of the unseen-user term: every training row is also
-        scored with the OOV query row, the answer for users absent from the vocabulary, and
-        w times that loss is added. 0 leaves the OOV row at its random initial value.
+      unseen_user_loss_weight: Weight w of the unseen-user term. Every training row is also
+        scored with the OOV query row, which serving uses for users absent from the
+        vocabulary, and w times that loss is added. 0 leaves the OOV row at its random
+        initial value.
       recall_ks: Cut-offs K of the eval recall@K.
       exclude_train_items: Remove each user's engaged train items from the eval ranking.
       retrieve_top_k: K of the exported `retrieve` signature.

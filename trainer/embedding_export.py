@@ -53,7 +53,10 @@ def write_table(root: str, table: str, tokens: Sequence[bytes], matrix: np.ndarr
         )
     bad = [token for token in tokens if b"\n" in token]
     if bad:
-        raise ValueError(f"Table {table!r} has tokens with newlines, e.g. {bad[0]!r}")
+        raise ValueError(
+            f"Table {table!r} has tokens with newlines, e.g. {bad[0]!r}: the one-token-per-line "
+            "tokens file cannot store them; remove newlines from ids before Transform"
+        )
 
     folder = os.path.join(root, table)
     tf.io.gfile.makedirs(folder)

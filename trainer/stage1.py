@@ -9,9 +9,9 @@ Checkpoints: TFX gives every Trainer execution fresh output folders, so per-epoc
 checkpoints live in a stable folder, `<root>/<key>`. The key hashes the input paths and the
 config fields that change the trained state. The root is `checkpoint_dir` from the config,
 or else `stage1_checkpoints` beside the Trainer's `model_run` folder. A rerun with the same
-inputs resumes after the last finished epoch: model, optimizer slots, negative sampler state,
-epoch counter and metric history all come from the checkpoint, and each epoch's shuffle
-depends only on the seed and the epoch number.
+inputs resumes after the last finished epoch. Model, optimizer slots, negative sampler state,
+epoch counter and metric history all come from the checkpoint. Each epoch's shuffle depends
+only on the seed and the epoch number.
 
 Outputs in `fn_args.serving_model_dir` (the Model artifact's `Format-Serving` folder):
   saved_model.pb, variables/, assets/   signatures `query_embedding` and `retrieve`
@@ -73,7 +73,7 @@ class PreparedData:
 
 @dataclasses.dataclass
 class Stage1Result:
-    """What a Stage I run produced.
+    """Outputs of a Stage I run.
 
     Attributes:
       model: The trained model.
@@ -461,8 +461,9 @@ def evaluate(config: Stage1Config, model: Stage1Model, data: PreparedData) -> di
 
     eval_loss = None
     if in_vocabulary.any():
-        kept = {key: value[in_vocabulary] for key, value in columns.items()}
-        dataset = tf.data.Dataset.from_tensor_slices(kept).batch(config.batch_size)
+        in_vocabulary_columns = {key: value[in_vocabulary] for key, value in columns.items()}
+        dataset = tf.data.Dataset.from_tensor_slices(in_vocabulary_columns)
+        dataset = dataset.batch(config.batch_size)
         eval_loss = float(model.evaluate(dataset, verbose=0, return_dict=True)["loss"])
 
     metrics = retrieval_metrics.evaluate_recall(

@@ -57,7 +57,7 @@ class Vocabulary:
 
 @dataclasses.dataclass(frozen=True)
 class Stage1Inputs:
-    """Where the trainer reads its data.
+    """Data locations of a Stage I run.
 
     Attributes:
       train_files: File patterns of the transformed train split.

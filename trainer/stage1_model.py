@@ -1,8 +1,8 @@
 """The Stage I surrogate model: two ID towers trained with a contrastive loss.
 
 The query tower sums the embeddings of the user id and of the configured user side
-features; the candidate tower does the same for the item. With cosine similarity both tower
-outputs are L2-normalised, so that a logit is cos(query, candidate) / temperature; with dot
+features, and the candidate tower does the same for the item. With cosine similarity both
+tower outputs are L2-normalised, so a logit is cos(query, candidate) / temperature. With dot
 similarity they are used as they are. Side features are looked up from the id through a
 per-id index built from the train split, so a tower is a function of the id alone, in
 training and at serving.
@@ -184,8 +184,8 @@ class Stage1Model(tf.keras.Model):
 
         With `unseen_user_loss_weight` w above 0, each row also counts as a row of an unseen
         user: the OOV query row scores the same candidates, and w times that row's loss is
-        added. The OOV row, which answers every user absent from the vocabulary, thus learns
-        the ranking of a user the model knows nothing about.
+        added. Serving uses the OOV row for every user absent from the vocabulary, so this
+        term teaches it a ranking for a user the model has no data on.
         """
         item_ids = batch[ITEM_IDS]
         rows = tf.shape(item_ids)[0]

@@ -5,14 +5,14 @@ Signatures, on raw string user ids with a batch dimension (`user_id`: string [B]
   query_embedding  -> query_embedding: float32 [B, D], the query tower output
   retrieve         -> item_ids: string [B, K], scores: float32 [B, K], best first
 
-A score is the dot product of the query embedding with an item's candidate tower output;
-with cosine similarity both are L2-normalised, so the score is the cosine (the training
-temperature is left out). `retrieve` scores every in-vocabulary item (brute force) and K is
+A score is the dot product of the query embedding with an item's candidate tower output.
+With cosine similarity both are L2-normalised, so the score is the cosine, without the
+training temperature. `retrieve` scores every in-vocabulary item (brute force) and K is
 fixed at export: min(retrieve_top_k, number of items).
 
 Unseen users: a user id absent from the train vocabulary, the empty string included, maps
 to the OOV index exactly as Transform maps it, and gets the OOV row's query embedding. Every
-unseen id therefore gets the same answer. The trainer also scores every training row with
+unseen id therefore gets the same result. The trainer also scores every training row with
 the OOV row (`unseen_user_loss_weight`), so that row learns a ranking for a user the model
 knows nothing about instead of keeping its random initial value.
 

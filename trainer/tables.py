@@ -151,9 +151,9 @@ def select_table_kind(strategy_name: str, backend: str = BACKEND_AUTO) -> str:
 def variable_partitioner(max_shard_bytes: int):
     """Return the partitioner to create a ParameterServerStrategy with.
 
-    Variables up to `max_shard_bytes` stay in one piece; a larger table is split along its
-    rows into the fewest shards of at most `max_shard_bytes`, spread over the parameter
-    servers.
+    Variables up to `max_shard_bytes` stay in one piece. A larger table is split along its
+    rows into the fewest shards of at most `max_shard_bytes`, which the strategy spreads
+    over the parameter servers.
 
     Args:
       max_shard_bytes: Largest shard, in bytes.
@@ -342,7 +342,7 @@ class TpuEmbeddingTables(EmbeddingTables):
     def table_values(self, name: str) -> tf.Tensor:
         # NOTE: under a TPUStrategy this is the host copy, which TPUEmbedding refreshes only
         # when a checkpoint is saved. The trainer saves after each epoch's evaluation, so on
-        # TPU an epoch's eval sees the previous epoch's tables (untested on TPU hardware).
+        # TPU an epoch's eval reads the previous epoch's tables (untested on TPU hardware).
         return tf.convert_to_tensor(self._tables()[self._table_configs[name]])
 
     def table_variables(self, name: str) -> list[tf.Variable]:
@@ -355,7 +355,7 @@ def create_strategy(
     """Create the distribution strategy named in the Stage I config.
 
     Args:
-      distribution: "auto" (MirroredStrategy when TensorFlow sees several GPUs, else the
+      distribution: "auto" (MirroredStrategy when TensorFlow lists several GPUs, else the
         default strategy), "default", "mirrored", "multi_worker_mirrored" (cluster from
         TF_CONFIG), "parameter_server" (cluster from TF_CONFIG, tables partitioned by
         `variable_partitioner`) or "tpu".

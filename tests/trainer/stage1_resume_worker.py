@@ -1,6 +1,6 @@
 """Run Stage I in a subprocess for the resume test, optionally killing itself after an epoch.
 
-Usage: python stage1_resume_worker.py JSON, where JSON holds "fn_args" (the FnArgs fields
+Usage: python stage1_resume_worker.py JSON, where JSON contains "fn_args" (the FnArgs fields
 `train_and_export` reads), "epochs_file" (each finished epoch is appended to it, one per
 line) and "kill_after_epoch" (0 to run to the end). The kill is SIGKILL, sent right after
 that epoch's checkpoint is saved, so nothing of the process gets to clean up.

@@ -106,7 +106,8 @@ def _duplicate_case(cases_dir):
 
 def test_accidental_hits_masked_in_duplicate_case(cases_dir):
     rows, item_tokens, item_ids = _duplicate_case(cases_dir)
-    assert len(rows) == 16 and item_ids.count(item_tokens.index("i_hot")) == 8
+    assert len(rows) == 16
+    assert item_ids.count(item_tokens.index("i_hot")) == 8
 
     # Every query and candidate is the same unit vector, so every logit is 1. Unmasked,
     # each row's loss is log 16. Masking leaves an i_hot row its own column plus the 8
@@ -195,7 +196,7 @@ def test_batch_of_one_row():
     # One row and no sampled negatives: the softmax over one column is 1, the loss 0.
     np.testing.assert_allclose(loss_of([[0.3, 0.4]], [[0.6, 0.8]], [5]), [0.0], atol=1e-7)
 
-    # With two sampled negatives the row sees three columns; compare with the reference.
+    # With two sampled negatives the row has three columns; compare with the reference.
     sampled = [[0.0, 1.0], [1.0, 0.0]]
     values = loss_of(
         [[0.3, 0.4]],
@@ -285,8 +286,8 @@ def test_shared_query_loss_by_hand():
 def test_shared_query_loss_matches_broadcast_rows(cases_dir):
     _, _, item_ids = _duplicate_case(cases_dir)
     rng = np.random.default_rng(4)
-    # The 16 in-batch columns plus 5 sampled ones; a sampled copy of an in-batch item has
-    # its own logit (another sampling probability), so equal ids need not mean equal logits.
+    # The 16 in-batch columns plus 5 sampled ones. A sampled copy of an in-batch item has
+    # another sampling probability, so equal ids need not mean equal logits.
     candidate_ids = item_ids + [item_ids[0], 3, item_ids[9], 40, 41]
     row_logits = rng.normal(scale=3.0, size=len(candidate_ids))
     for mask in (True, False):
@@ -301,3 +302,30 @@ def test_shared_query_loss_matches_broadcast_rows(cases_dir):
         else:
             expected = _broadcast_reference(row_logits, item_ids, list(range(100, 121)))
         np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_loss_equals_softmax_of_explicit_logits(cases_dir):
+    # contrastive_loss folds the temperature and logQ into the matmul and masks without
+    # rebuilding the diagonal; it must equal the softmax over contrastive_logits.
+    _, _, item_ids = _duplicate_case(cases_dir)
+    rng = np.random.default_rng(5)
+    arguments = {
+        "candidate_sampling_probability": tf.constant(rng.uniform(0.01, 0.2, 16), tf.float32),
+        "sampled_embeddings": tf.constant(rng.normal(size=(4, 3)), tf.float32),
+        "sampled_ids": tf.constant([item_ids[0], 2, 30, 31], tf.int64),
+        "sampled_probability": tf.constant(rng.uniform(0.01, 0.2, 4), tf.float32),
+        "temperature": 0.05,
+    }
+    query = tf.constant(rng.normal(size=(16, 3)), tf.float32)
+    candidates = tf.constant(rng.normal(size=(16, 3)), tf.float32)
+    ids = tf.constant(item_ids, tf.int64)
+    for mask in (True, False):
+        fast = losses.contrastive_loss(
+            query, candidates, ids, remove_accidental_hits=mask, **arguments
+        ).numpy()
+        explicit = losses.softmax_loss(
+            losses.contrastive_logits(
+                query, candidates, ids, remove_accidental_hits=mask, **arguments
+            )
+        ).numpy()
+        np.testing.assert_allclose(fast, explicit, rtol=1e-4, atol=1e-4)

@@ -133,9 +133,9 @@ def test_signature_contract(trained):
     empty = _signature_outputs(loaded.signatures, [])
     assert empty["query_embedding/query_embedding"].shape == (0, 8)
     assert empty["retrieve/item_ids"].shape == (0, FAST_CONFIG["retrieve_top_k"])
-    one = _signature_outputs(loaded.signatures, ["u01"])
-    assert one["retrieve/item_ids"].shape == (1, FAST_CONFIG["retrieve_top_k"])
-    assert one["retrieve/scores"].dtype == np.float32
+    batch_of_one = _signature_outputs(loaded.signatures, ["u01"])
+    assert batch_of_one["retrieve/item_ids"].shape == (1, FAST_CONFIG["retrieve_top_k"])
+    assert batch_of_one["retrieve/scores"].dtype == np.float32
 
 
 def test_retrieve_matches_numpy_brute_force(trained):

@@ -71,7 +71,7 @@ def test_unknown_backend_rejected():
 
 
 def test_partitioner_splits_only_big_tables():
-    # 1,000 rows x 16 floats = 64,000 bytes. With 16,384-byte shards a shard holds
+    # 1,000 rows x 16 floats = 64,000 bytes. With 16,384-byte shards a shard has
     # 16,384 / 64 = 256 rows, so the table needs ceil(1000 / 256) = 4 shards.
     partitioner = tables.variable_partitioner(16_384)
     big = tables.TableSpec("item_id", rows=1000, dimension=16)
@@ -128,7 +128,7 @@ def keras_run(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("keras"), table_backend="keras")
 
 
-def test_tpu_embedding_trains_on_cpu_and_exports_like_keras(tmp_path, keras_run):
+def test_tpu_embedding_exports_like_keras(tmp_path, keras_run):
     fn_args, result = _train(tmp_path, table_backend="tpu_embedding", num_sampled_negatives=3)
     assert result.table_kind == tables.TABLE_KIND_TPU_EMBEDDING
     keras_args, keras_result = keras_run
@@ -146,7 +146,7 @@ def test_tpu_embedding_trains_on_cpu_and_exports_like_keras(tmp_path, keras_run)
 
         trained_rows = result.model.tables.table_values(key).numpy()
         np.testing.assert_array_equal(matrix, trained_rows)
-        # Training moved the rows of ids seen in train; the OOV item row sees no gradient.
+        # Training moved the rows of ids seen in train; the OOV item row gets no gradient.
         assert not np.allclose(matrix[:-1], initial[key][:-1])
     np.testing.assert_array_equal(exported[features.ITEM_ID][1][-1], initial[features.ITEM_ID][-1])
 

@@ -1,8 +1,8 @@
 """Stage I training throughput and memory against TensorFlow Recommenders baselines.
 
-One synthetic set of engaged (user, item) pairs, with Zipf item popularity, is trained for
-one epoch by each setup, with the same batch size, embedding dimension, legacy Adagrad
-optimizer and tf.data pipeline; evaluation is excluded. Setups:
+Each setup trains on one synthetic set of engaged (user, item) pairs with Zipf item
+popularity. All setups share the batch size, embedding dimension, legacy Adagrad optimizer
+and tf.data pipeline, and no setup evaluates. Setups:
 
   idpt, M=0                 the Stage I model (cosine / temperature, logQ correction,
                             accidental-hit masking, unseen-user term), in-batch negatives
@@ -13,8 +13,8 @@ optimizer and tf.data pipeline; evaluation is excluded. Setups:
   tfrs tutorial             the same with `tfrs.metrics.FactorizedTopK` over all items
                             computed during training, as in the TFRS retrieval tutorial
 
-Each setup runs in its own Python process so that its peak resident set size (RSS) is its
-own; the figures set it against the size of the tables plus their Adagrad slots. Examples/s
+Each setup runs in its own Python process, so its peak resident set size (RSS) is its own.
+The figures set that peak against the size of the tables plus their Adagrad slots. Examples/s
 come from the second of two epochs, so tracing and warm-up are not timed.
 """
 

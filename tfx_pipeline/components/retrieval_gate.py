@@ -12,7 +12,7 @@ its serving model (see `trainer.stage1`). The blessing is a ModelBlessing with t
 properties that TFX's Evaluator writes (`blessed`, `current_model`, `current_model_id`,
 `baseline_model`, `baseline_model_id`, `blessing_message`), so LatestBlessedModelStrategy
 and the pusher read it like an Evaluator blessing. It also records `recall` and
-`baseline_recall`, and its folder holds a BLESSED or NOT_BLESSED marker file and
+`baseline_recall`. Its folder contains a BLESSED or NOT_BLESSED marker file and
 GATE_RESULT_FILE with the decision and its reason.
 """
 
@@ -187,8 +187,8 @@ def run_gate(
     recall = final_recall(model.uri, config.recall_k)
     baseline_recall = None
     if baseline_model is not None:
-        # NOTE: the baseline's recall is the one it recorded on its own eval split; after
-        # the data moved on, the two models were not measured on the same rows.
+        # NOTE: the baseline's recall is the one it recorded on its own eval split. Once the
+        # data has moved on, the two recalls come from different eval rows.
         baseline_recall = final_recall(baseline_model.uri, config.recall_k)
 
     decision = decide(recall, baseline_recall, config)
