@@ -91,8 +91,7 @@ def plot_auc_by_bucket(
         bars = axes.bar(positions, [_or_nan(value) for value in values], width, label=name)
         axes.bar_label(bars, labels=[_bar_label(value) for value in values], fontsize=8)
 
-    # AUC 0.5 is a ranking no better than chance.
-    axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    axes.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
     axes.set_title("Stage II eval AUC by item popularity bucket (train count)")
     axes.set_xlabel("item popularity bucket")
     axes.set_ylabel("AUC")

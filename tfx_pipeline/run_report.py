@@ -21,8 +21,10 @@ import platform
 from collections.abc import Sequence
 from typing import Any
 
+import tensorflow_model_analysis as tfma
 from google.protobuf import text_format
 from ml_metadata.proto import metadata_store_pb2
+from tensorflow_model_analysis.writers import eval_config_writer
 
 from tfx_pipeline import local_runner, plots, run_artifacts, training
 from tfx_pipeline.components import ingestion, push, vocabulary_check
@@ -100,16 +102,30 @@ class RunReport:
         return "\n".join(lines) + "\n"
 
     def write(self, folder: str) -> tuple[str, str]:
-        """Write REPORT_JSON and REPORT_TEXT into `folder`; return both paths."""
+        """Write REPORT_JSON and REPORT_TEXT into `folder`; return both paths.
+
+        NaN and infinite numbers (e.g. a diverged loss) are written as JSON null,
+        because strict JSON has no literal for them.
+        """
         os.makedirs(folder, exist_ok=True)
         json_path = os.path.join(folder, REPORT_JSON)
         text_path = os.path.join(folder, REPORT_TEXT)
         with open(json_path, "w", encoding="utf-8") as file:
-            json.dump(self.sections, file, indent=2, ensure_ascii=False)
+            json.dump(_finite_or_none(self.sections), file, indent=2, ensure_ascii=False)
             file.write("\n")
         with open(text_path, "w", encoding="utf-8") as file:
             file.write(self.to_text())
         return json_path, text_path
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 def _format_values(values: dict[str, Any], indent: int) -> list[str]:
@@ -261,6 +277,8 @@ def write_full_report(config: PipelineConfig) -> tuple[RunReport, str]:
     """
     report = full_report(config)
     report.add(PLOTS, draw_plots(report, config.dataset_dir))
+    # The long config section stays last, after the plots.
+    report.add(CONFIG, report.sections.pop(CONFIG))
     json_path, _ = report.write(config.dataset_dir)
     return report, json_path
 
@@ -582,9 +600,6 @@ def read_ranking_metrics(evaluation_uri: str) -> dict[str, dict[str, dict[str, f
       OVERALL_SLICE, "item_popularity_bucket <train counts>" and
       "user_is_returning new|returning".
     """
-    import tensorflow_model_analysis as tfma
-    from tensorflow_model_analysis.writers import eval_config_writer
-
     # The Evaluator drops the baseline model spec when no blessed baseline exists, and
     # then writes the candidate's metrics under the model name "".
     eval_config = eval_config_writer.load_eval_run(evaluation_uri)[0]
@@ -624,14 +639,21 @@ def _bucket_name(bucket: Any) -> str:
     return names[index] if 0 <= index < len(names) else str(bucket)
 
 
-def _slice_metrics(values: dict) -> dict[str, float | None]:
+def _slice_metrics(values: dict) -> dict[str, float | int | None]:
     # TFMA's view nests metrics as {output name: {sub key: {metric: {"doubleValue": x}}}};
     # the ranking model has one output and no sub keys.
     metrics = values.get("", {}).get("", {})
-    row = {}
-    for column, name in _TFMA_METRICS:
+
+    def metric(name: str) -> float | None:
         value = metrics.get(name, {}).get("doubleValue")
-        row[column] = float(value) if value is not None else None
+        return float(value) if value is not None and math.isfinite(value) else None
+
+    row = {column: metric(name) for column, name in _TFMA_METRICS}
+    if row["examples"] is not None:
+        row["examples"] = int(row["examples"])
+    # AUC is undefined on a slice with one label class; TFMA reports 0 there.
+    if metric("mean_label") in (0.0, 1.0):
+        row["AUC"] = None
     return row
 
 
@@ -675,8 +697,6 @@ def read_threshold_failures(evaluation_uri: str) -> dict[str, Any]:
       {"validation_ok": bool or None, "rubber_stamp": bool, "failures": [sentence, ...]};
       validation_ok is None when the Evaluator wrote no validation result.
     """
-    import tensorflow_model_analysis as tfma
-
     try:
         validation = tfma.load_validation_result(evaluation_uri)
     except (FileNotFoundError, OSError, IndexError):
@@ -719,7 +739,7 @@ def describe_failure(failure) -> str:
             allowed.append(f"absolute change {change.absolute.value:g}")
         if change.HasField("relative"):
             allowed.append(f"relative change {change.relative.value:g}")
-        higher_is_better = change.direction == 1  # tfma.MetricDirection.HIGHER_IS_BETTER
+        higher_is_better = change.direction == tfma.MetricDirection.HIGHER_IS_BETTER
         side = "below" if higher_is_better else "above"
         return (
             f"{name} change {value:+.4f} against the baseline is {side} the allowed "

@@ -1,8 +1,8 @@
 """Logs, `idpt run` subprocesses and ML Metadata look-ups for the end-to-end pipeline tests.
 
 Every run goes through the real command line (`python -m tfx_pipeline.cli run`) in a
-subprocess, with in-memory Beam and small trainers, so a test can kill a run the way a
-crash would and read what each run recorded in the dataset's ML Metadata store.
+subprocess, with in-memory Beam and small trainers. So a test can kill a run the way a
+crash would, then read what each run recorded in the dataset's ML Metadata store.
 
 The logs are synthetic CSV files from `transforms.generator` with explicit time cut-offs:
 a window of WEEKS weeks trains on all weeks but the last, evaluates on the first half of
@@ -83,8 +83,8 @@ class Settings:
 
     Attributes:
       epochs: Stage I epochs.
-      stage1_batch_size: Stage I batch size; small batches make an epoch last long
-        enough to be killed in.
+      stage1_batch_size: Stage I batch size. Small batches make an epoch last long
+        enough to kill the run during it.
       stage2_steps: Stage II batches.
       embedding_dim: width of the id tables.
       min_auc: ranking gate floor on eval AUC.
@@ -154,8 +154,8 @@ def run_command(
 
 def start(command: list[str], console_path: pathlib.Path) -> subprocess.Popen:
     """Start a run in its own process group, its console output going to `console_path`."""
-    console = open(console_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the child.
-    try:
+    # The child keeps its own copy of the file descriptor after this handle closes.
+    with open(console_path, "w", encoding="utf-8") as console:
         return subprocess.Popen(
             command,
             cwd=REPO_ROOT,
@@ -164,8 +164,6 @@ def start(command: list[str], console_path: pathlib.Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    finally:
-        console.close()
 
 
 def run(command: list[str], console_path: pathlib.Path) -> str:
@@ -194,7 +192,7 @@ def kill_group(process: subprocess.Popen) -> None:
 def wait_for_checkpoint(
     checkpoint_root: pathlib.Path, process: subprocess.Popen, timeout_s: float
 ) -> pathlib.Path:
-    """Poll until a Stage I checkpoint folder records a finished epoch; return that folder.
+    """Poll until a Stage I checkpoint folder records a finished epoch, and return it.
 
     `tf.train.CheckpointManager` rewrites the `checkpoint` state file after each saved
     checkpoint's files are complete, so its presence means epoch 1 or later is restorable.
@@ -265,7 +263,7 @@ def run_ids(output: pathlib.Path) -> list[str]:
 
 
 def read_run(output: pathlib.Path, run_id: str | None = None) -> RunRecord:
-    """Read one run's executions, outputs and inputs; the latest run when `run_id` is None."""
+    """Read one run's executions, outputs and inputs (the latest run when `run_id` is None)."""
     store = run_artifacts.open_store(metadata_path(output))
     run_id = run_id or run_artifacts.latest_run_id(store, PIPELINE_NAME)
     nodes = run_artifacts.node_runs(store, run_id)

@@ -1,6 +1,6 @@
 """The whole pipeline through `idpt run`: a killed run resumes, and the gates decide the push.
 
-The module's first run (the shop's weeks 0-3) is killed during Stage I and rerun; it must
+The module's first run (the shop's weeks 0-3) is killed during Stage I and rerun. It must
 end blessed and pushed, because the later tests compare against it. Each later test copies
 that run's dataset folder (ML Metadata store, checkpoints, serving folder) and adds one run:
 
@@ -56,11 +56,11 @@ FIRST_WINDOW = Window(start_week=0)
 NEWER_WINDOW = Window(start_week=4)
 # Small Stage I batches give about 70 steps per epoch, so the epochs after the first
 # checkpoint outlast the 50 ms polling that detects it.
-SETTINGS = Settings(epochs=4, stage1_batch_size=32, stage2_steps=60, min_auc=0.55)
+SETTINGS = Settings(epochs=5, stage1_batch_size=32, stage2_steps=60, min_auc=0.55)
 SHUFFLE_SEED = 13
 CHECKPOINT_TIMEOUT_S = 240
 
-# The components Stage I depends on; they all finished before the kill.
+# The components Stage I depends on, so they all finished before the kill.
 UPSTREAM_NODES = (
     "LogIngestion",
     "StatisticsGen",
@@ -140,7 +140,9 @@ def _logged_epochs(console: str) -> list[dict]:
 
 
 def test_killed_run_reuses_cache(first_run):
-    assert first_run.killed_returncode == -signal.SIGKILL
+    assert first_run.killed_returncode == -signal.SIGKILL, (
+        "the first run ended before the kill: give Stage I more epochs or smaller batches"
+    )
     # The kill landed inside the Stage I Trainer: its execution never completed.
     assert first_run.killed.state(training.STAGE1_TRAINER) == "RUNNING"
     assert first_run.resumed.run_id != first_run.killed.run_id
@@ -161,7 +163,7 @@ def test_killed_stage1_resumes_after_last_epoch(first_run):
     assert 1 <= killed_epoch < SETTINGS.epochs
 
     # The killed run logs an epoch after saving its checkpoint, so it logged at most
-    # the checkpointed epochs; the rerun trains only the epochs after them.
+    # the checkpointed epochs. The rerun trains only the epochs after them.
     killed_records = _logged_epochs(first_run.killed_console)
     resumed_records = _logged_epochs(first_run.resumed_console)
     assert [record["epoch"] for record in killed_records] == list(range(1, len(killed_records) + 1))
@@ -236,7 +238,7 @@ def test_shuffled_labels_not_blessed(first_run):
     permuted = write_train_labels_shuffled(
         first_run.root / "weeks-0-3.csv", log, FIRST_WINDOW.train_end, SHUFFLE_SEED
     )
-    # 10,000 rows spread evenly over 4 weeks; train is weeks 0-2: 3 * 2,500 rows.
+    # 10,000 rows spread evenly over 4 weeks, and train is weeks 0-2: 3 * 2,500 rows.
     assert permuted == 7_500
 
     run(
@@ -294,6 +296,9 @@ def test_newer_weeks_gated_against_first_run(first_run):
     assert int_property(pushed, "pushed") == blessed
     new_versions = versions(serving_dir, features.RANKING_MODEL_NAME)
     assert len(new_versions) == len(ranking_versions) + blessed
+    if blessed:
+        destination = serving_dir / features.RANKING_MODEL_NAME / new_versions[-1]
+        assert pushed.custom_properties["pushed_destination"].string_value == str(destination)
 
     # Warm start by token: the Stage I export's item tokens against the new item
     # vocabulary of this run's Transform.
@@ -320,8 +325,8 @@ def test_newer_weeks_gated_against_first_run(first_run):
     assert item_counts["ignored"] == len(exported - vocabulary)
 
     # 300 items exist in week 0 and 15 arrive each week, so the first run's train weeks
-    # 0-2 know items i0..i329 at most; every later item in this run's train weeks 4-6 is
-    # new and starts from its initial row.
+    # 0-2 contain items i0..i329 at most. Every later item in this run's train weeks 4-6
+    # is new and keeps its initial row.
     arrived_later = {token for token in vocabulary if int(token[1:]) >= 330}
     assert arrived_later
     assert arrived_later <= vocabulary - exported

@@ -17,6 +17,7 @@ report's code (JSON, TFMA, hashlib, the serving folder).
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -98,11 +99,15 @@ def test_text_of_hand_made_report():
 def test_report_json_round_trips(tmp_path):
     report = run_report.RunReport()
     report.add("stage I", {"epochs": [{"epoch": 1, "loss": 0.25}], "model": "/m"})
+    report.add("stage II", {"slices": [{"slice": "overall", "calibration": math.nan}]})
 
     json_path, text_path = report.write(str(tmp_path))
 
     with open(json_path, encoding="utf-8") as file:
-        assert json.load(file) == report.sections
+        written = json.load(file)
+    assert written["stage I"] == report.sections["stage I"]
+    # Strict JSON has no NaN, so it is written as null.
+    assert written["stage II"] == {"slices": [{"slice": "overall", "calibration": None}]}
     with open(text_path, encoding="utf-8") as file:
         assert file.read() == report.to_text()
 
@@ -319,6 +324,21 @@ def test_stage1_epochs_equal_history(runs):
     assert bucket_positives == history["final"]["eval_positives"]
 
 
+def _tfma_slice_label(slice_key: tuple) -> str:
+    if not slice_key:
+        return "overall"
+    ((column, value),) = slice_key
+    if column == features.ITEM_POPULARITY_BUCKET:
+        return f"{column} {features.POPULARITY_BUCKET_NAMES[value]}"
+    return f"{column} {'returning' if value == 1 else 'new'}"
+
+
+def _close(actual: float | None, expected: float | None) -> bool:
+    if actual is None or expected is None:
+        return actual is expected
+    return actual == pytest.approx(expected)
+
+
 @pytest.mark.e2e
 def test_stage2_metrics_equal_tfma_result(runs):
     import tensorflow_model_analysis as tfma
@@ -327,22 +347,28 @@ def test_stage2_metrics_equal_tfma_result(runs):
     uris = local_runner.latest_output_uris(snapshot.config, training.EVALUATOR, "evaluation")
     rows = {row["slice"]: row for row in _section(snapshot, run_report.STAGE2)["slices"]}
 
-    # Right after the first run, the latest evaluation is this run's.
+    # Right after the first run, the latest evaluation is this run's. Without a
+    # baseline the Evaluator writes one model's metrics, so no model name is needed.
     result = tfma.load_eval_result(uris[0])
-    overall = dict(result.slicing_metrics)[()][""][""]
 
-    assert rows["overall"]["AUC"] == pytest.approx(overall["auc"]["doubleValue"])
-    assert rows["overall"]["log loss"] == pytest.approx(
-        overall["binary_crossentropy"]["doubleValue"]
-    )
-    assert rows["overall"]["calibration"] == pytest.approx(overall["calibration"]["doubleValue"])
+    assert len(rows) == len(result.slicing_metrics)
+    for slice_key, values in result.slicing_metrics:
+        metrics = values[""][""]
+        row = rows[_tfma_slice_label(slice_key)]
+        one_class = metrics["mean_label"]["doubleValue"] in (0.0, 1.0)
+        expected_auc = None if one_class else metrics["auc"]["doubleValue"]
+        assert _close(row["AUC"], expected_auc), slice_key
+        assert _close(row["log loss"], metrics["binary_crossentropy"]["doubleValue"]), slice_key
+        assert row["examples"] == metrics["example_count"]["doubleValue"], slice_key
+        assert "baseline AUC" not in row
+
     assert rows["overall"]["examples"] == EVAL_ROWS
     assert _section(snapshot, "splits")["rows"][features.EVAL_SPLIT] == EVAL_ROWS
     bucket_rows = [row for label, row in rows.items() if "popularity" in label]
     user_rows = [row for label, row in rows.items() if features.USER_IS_RETURNING in label]
+    # Each eval example falls in exactly one bucket and one user group.
     assert sum(row["examples"] for row in bucket_rows) == EVAL_ROWS
     assert sum(row["examples"] for row in user_rows) == EVAL_ROWS
-    assert "baseline AUC" not in rows["overall"]
 
 
 @pytest.mark.e2e
@@ -376,8 +402,8 @@ def test_baseline_run_compares_with_first_model(runs):
     # The baseline is the first run's model on the same eval rows, so its metrics are
     # the first run's candidate metrics.
     for row in stage2["slices"]:
-        assert row["baseline AUC"] == pytest.approx(first[row["slice"]]["AUC"], nan_ok=True)
-        assert row["baseline log loss"] == pytest.approx(first[row["slice"]]["log loss"])
+        assert _close(row["baseline AUC"], first[row["slice"]]["AUC"]), row["slice"]
+        assert _close(row["baseline log loss"], first[row["slice"]]["log loss"]), row["slice"]
     assert (
         "change thresholds against the baseline"
         in _section(snapshot, run_report.RANKING_GATE)["reason"]
