@@ -23,7 +23,7 @@ def plot_recall_by_epoch(
 
     Args:
       epochs: epoch numbers, 1 first.
-      recalls: line label (e.g. "recall@10") to one recall per epoch; None is a gap.
+      recalls: line label (e.g. "recall@10") to one recall per epoch, where None is a gap.
       path: the PNG file to write.
 
     Returns:
@@ -61,7 +61,7 @@ def plot_auc_by_bucket(
 
     Args:
       buckets: bucket labels, e.g. train-count ranges "0", "1", "2-4".
-      candidate: the candidate model's AUC per bucket; None where the bucket has
+      candidate: the candidate model's AUC per bucket, or None where the bucket has
         no eval examples or AUC is undefined (one label class only).
       baseline: the baseline model's AUC per bucket, or None without a baseline.
       path: the PNG file to write.
@@ -88,8 +88,13 @@ def plot_auc_by_bucket(
         positions = [
             bucket + (index - (len(series) - 1) / 2) * width for bucket in range(len(buckets))
         ]
-        bars = axes.bar(positions, [_or_nan(value) for value in values], width, label=name)
-        axes.bar_label(bars, labels=[_bar_label(value) for value in values], fontsize=8)
+        heights = [_or_nan(value) for value in values]
+        bars = axes.bar(positions, heights, width, label=name)
+        axes.bar_label(bars, labels=[_bar_label(height) for height in heights], fontsize=8)
+        # A NaN bar has no top to label, so "n/a" is written on the axis instead.
+        for position, height in zip(positions, heights, strict=True):
+            if math.isnan(height):
+                axes.text(position, 0.01, "n/a", ha="center", va="bottom", fontsize=8)
 
     axes.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
     axes.set_title("Stage II eval AUC by item popularity bucket (train count)")
@@ -105,10 +110,8 @@ def _or_nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def _bar_label(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "n/a"
-    return f"{value:.3f}"
+def _bar_label(height: float) -> str:
+    return "" if math.isnan(height) else f"{height:.3f}"
 
 
 def _save(figure: Figure, path: str) -> str:

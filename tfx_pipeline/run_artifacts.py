@@ -90,8 +90,9 @@ def _node_id(store, execution) -> str | None:
     for context in store.get_contexts_by_execution(execution.id):
         context_type = store.get_context_types_by_id([context.type_id])[0]
         if context_type.name == NODE_CONTEXT:
-            # Node contexts are named `<pipeline name>.<component id>`.
-            return context.name.split(".", 1)[-1]
+            # Node contexts are named `<pipeline name>.<component id>`; pipeline names
+            # may contain dots (a dataset called `log.csv`), component ids do not.
+            return context.name.rsplit(".", 1)[-1]
     return None
 
 

@@ -1,17 +1,18 @@
 """The report printed and written at the end of `idpt run`.
 
 `full_report` reads what the latest run of a dataset produced from its ML
-Metadata store (cached executions included, since TFX links their reused
-outputs to the new run) and returns named sections: provenance, data counts,
-Stage I metrics by epoch, Stage II metrics by slice, gate decisions with their
-reasons, and pushed paths. A component that did not run in this run gets a
-"not run" entry with the reason. `write_full_report` adds the PNG plots and
-writes REPORT_JSON and REPORT_TEXT beside them in the dataset folder.
+Metadata store. Cached executions are included, because TFX links their reused
+outputs to the new run. The sections are provenance, data counts, Stage I
+metrics by epoch, Stage II metrics by slice, gate decisions with their reasons,
+and pushed paths. A component that did not run in this run gets a "not run"
+entry with the reason. `write_full_report` adds the PNG plots and writes
+REPORT_JSON and REPORT_TEXT beside them in the dataset folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import importlib.metadata
 import json
@@ -24,6 +25,7 @@ from typing import Any
 import tensorflow_model_analysis as tfma
 from google.protobuf import text_format
 from ml_metadata.proto import metadata_store_pb2
+from tensorflow_model_analysis import constants as tfma_constants
 from tensorflow_model_analysis.writers import eval_config_writer
 
 from tfx_pipeline import local_runner, plots, run_artifacts, training
@@ -83,8 +85,8 @@ _AFTER_STAGE2 = (training.EVALUATOR, training.SERVING_VALIDATOR)
 class RunReport:
     """Named sections of JSON-ready values, in insertion order.
 
-    A section value that is a list of dicts is a table (one dict per row); the
-    text form prints it as aligned columns.
+    A value that is a list of dicts is a table (one dict per row), which the
+    text form prints as aligned columns. A list of strings prints one per line.
     """
 
     sections: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -137,6 +139,9 @@ def _format_values(values: dict[str, Any], indent: int) -> list[str]:
         elif _is_table(value):
             lines.append(f"{' ' * indent}{key}:")
             lines.extend(format_table(value, indent + 2))
+        elif isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+            lines.append(f"{' ' * indent}{key}:")
+            lines.extend(f"{' ' * (indent + 2)}- {item}" for item in value)
         else:
             lines.append(f"{' ' * indent}{key}: {_format_cell(value)}")
     return lines
@@ -150,8 +155,8 @@ def format_table(rows: Sequence[dict[str, Any]], indent: int = 0) -> list[str]:
     """Format rows as aligned columns under a header line.
 
     Columns are the rows' keys in order of first appearance. Floats show four
-    decimals, a missing cell or None shows "-"; text is left-aligned and
-    numbers right-aligned.
+    decimals, and a missing cell or None shows "-". Text is left-aligned and
+    numbers are right-aligned.
 
     Args:
       rows: one dict per row.
@@ -252,18 +257,11 @@ def full_report(config: PipelineConfig) -> RunReport:
       The report without plots (see `write_full_report`).
 
     Raises:
-      LookupError: the metadata store holds no run of this pipeline.
+      LookupError: the metadata store contains no run of this pipeline.
     """
     store = run_artifacts.open_store(config.metadata_path)
     run_id = run_artifacts.latest_run_id(store, config.pipeline_name)
-    return build_report(config, run_id, _by_component_id(run_artifacts.node_runs(store, run_id)))
-
-
-def _by_component_id(runs: dict[str, run_artifacts.NodeRun]) -> dict[str, run_artifacts.NodeRun]:
-    # NOTE: node_runs keys by the node context name after its first ".", which keeps a
-    # part of a pipeline name that contains a dot ("idpt-log.csv.Transform" gives
-    # "csv.Transform"); component ids have no dot, so the last part is the id.
-    return {node_id.rsplit(".", 1)[-1]: node_run for node_id, node_run in runs.items()}
+    return build_report(config, run_id, run_artifacts.node_runs(store, run_id))
 
 
 def write_full_report(config: PipelineConfig) -> tuple[RunReport, str]:
@@ -294,7 +292,7 @@ def build_report(
       runs: component id to its execution in this run (`run_artifacts.node_runs`).
 
     Returns:
-      Sections in run order; each component that did not run has a "not run" entry.
+      Sections in run order, where each component that did not run has a "not run" entry.
     """
     report = RunReport()
     report.add(PROVENANCE, provenance(config, run_id, runs))
@@ -428,7 +426,7 @@ def not_run_reason(
     """
     run = runs.get(node_id)
     if run is not None and run.state not in ("COMPLETE", "CACHED"):
-        return f"its execution ended in state {run.state}; see the run's log"
+        return f"its execution ended in state {run.state}. See the run's log for the error"
     if config.first_half_only:
         return "--first-half-only stops the run after Transform"
     if node_id in _AFTER_STAGE2 and _artifact(runs, training.STAGE2_TRAINER, "model") is None:
@@ -436,7 +434,7 @@ def not_run_reason(
     stage1_nodes = (training.STAGE1_TRAINER, training.RETRIEVAL_GATE)
     if config.training.skip_stage1 and node_id in stage1_nodes:
         return (
-            "Stage I was skipped (--skip-stage1); Stage II warm-started from the latest "
+            "Stage I was skipped (--skip-stage1), so Stage II warm-started from the latest "
             "blessed Stage I model of an earlier run"
         )
     gate = _artifact(runs, training.RETRIEVAL_GATE, "blessing")
@@ -521,7 +519,7 @@ def stage1_slice_rows(history: dict) -> list[dict[str, Any]]:
         positives = final.get(retrieval_metrics.positives_metric_name(**slice_arguments))
         row = {"slice": label, "eval positives": positives}
         for k in history.get("recall_ks", []):
-            # Recall over no positives is undefined; the history records 0 there.
+            # Recall over no positives is undefined, but the history records 0 there.
             recall = final.get(retrieval_metrics.recall_metric_name(k, **slice_arguments))
             row[retrieval_metrics.recall_metric_name(k)] = recall if positives else None
         rows.append(row)
@@ -567,6 +565,7 @@ def _evaluation_sections(
     stage2 = {
         "model": _property(blessing, "current_model"),
         "baseline model": baseline_uri or "none",
+        "evaluation (tfma.load_eval_result)": evaluation.uri,
         "slices": ranking_metric_rows(metrics),
     }
 
@@ -595,7 +594,7 @@ def read_ranking_metrics(evaluation_uri: str) -> dict[str, dict[str, dict[str, f
       evaluation_uri: the Evaluator's evaluation artifact folder.
 
     Returns:
-      {"candidate": {slice label: {column: value}}, "baseline": {...}}; "baseline"
+      {"candidate": {slice label: {column: value}}, "baseline": {...}}, with "baseline"
       only when the Evaluator compared with a blessed baseline. Slice labels are
       OVERALL_SLICE, "item_popularity_bucket <train counts>" and
       "user_is_returning new|returning".
@@ -640,18 +639,21 @@ def _bucket_name(bucket: Any) -> str:
 
 
 def _slice_metrics(values: dict) -> dict[str, float | int | None]:
-    # TFMA's view nests metrics as {output name: {sub key: {metric: {"doubleValue": x}}}};
-    # the ranking model has one output and no sub keys.
+    # TFMA's view nests metrics as {output name: {sub key: {metric: {"doubleValue": x}}}}.
+    # The ranking model has one output and no sub keys.
     metrics = values.get("", {}).get("", {})
 
     def metric(name: str) -> float | None:
+        # Protobuf's JSON form writes non-finite doubles as strings such as "NaN".
         value = metrics.get(name, {}).get("doubleValue")
-        return float(value) if value is not None and math.isfinite(value) else None
+        if value is None or not math.isfinite(float(value)):
+            return None
+        return float(value)
 
     row = {column: metric(name) for column, name in _TFMA_METRICS}
     if row["examples"] is not None:
         row["examples"] = int(row["examples"])
-    # AUC is undefined on a slice with one label class; TFMA reports 0 there.
+    # AUC is undefined on a slice with one label class, but TFMA reports 0 there.
     if metric("mean_label") in (0.0, 1.0):
         row["AUC"] = None
     return row
@@ -697,10 +699,11 @@ def read_threshold_failures(evaluation_uri: str) -> dict[str, Any]:
       {"validation_ok": bool or None, "rubber_stamp": bool, "failures": [sentence, ...]};
       validation_ok is None when the Evaluator wrote no validation result.
     """
-    try:
-        validation = tfma.load_validation_result(evaluation_uri)
-    except (FileNotFoundError, OSError, IndexError):
+    # load_validation_result fails an assert when the file is missing, so check first.
+    if not glob.glob(os.path.join(evaluation_uri, f"{tfma_constants.VALIDATIONS_KEY}*")):
         return {"validation_ok": None, "rubber_stamp": False, "failures": []}
+    validation = tfma.load_validation_result(evaluation_uri)
+
     failures = []
     for per_slice in validation.metric_validations_per_slice:
         label = _slice_label(_slice_key_tuple(per_slice.slice_key))

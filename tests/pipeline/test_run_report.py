@@ -6,6 +6,7 @@ reusing the cached components of the one before:
 
   first         lenient ranking thresholds: both models blessed and pushed, no baseline
   baseline      the same again: the Evaluator compares with the first run's model
+  strict_gate   AUC must reach 0.99 and rise by 0.1: the Evaluator does not bless
   gate_failed   retrieval floor 1.0: the gate does not bless, Stage II is skipped
   skip_stage1   --skip-stage1: Stage II warm-starts from the latest blessed Stage I model
 
@@ -39,6 +40,8 @@ EVAL_ROWS = 176  # 10% of 1,763 rows in time order, as the ingestion counts reco
 LENIENT_RANKING_GATE = RankingGateConfig(
     min_auc=0.0, max_log_loss=100.0, max_auc_drop=0.5, max_log_loss_rise=10.0
 )
+# Fails one value and one change threshold: a negative drop is a required rise.
+STRICT_RANKING_GATE = dataclasses.replace(LENIENT_RANKING_GATE, min_auc=0.99, max_auc_drop=-0.1)
 
 
 # ---------------------------------------------------------------------------
@@ -54,8 +57,8 @@ def test_format_table_aligns_columns():
 
     lines = run_report.format_table(rows, indent=2)
 
-    # Numbers are right-aligned to the widest of header and cells: "epoch" is 5
-    # wide, "2.5000" 6, "recall@10" 9; None prints "-"; 0.03125 rounds to 0.0312.
+    # Numbers are right-aligned to the widest of header and cells: "epoch" is 5 wide,
+    # "2.5000" 6 and "recall@10" 9. None prints "-", and 0.03125 rounds to 0.0312.
     assert lines == [
         "  epoch    loss  recall@10",
         "      1  2.5000     0.1250",
@@ -74,6 +77,7 @@ def test_text_of_hand_made_report():
     )
     report.add("stage II", {"not run": "the retrieval gate did not bless the Stage I model"})
     report.add("push", {"ranking": "not pushed: no model", "empty": {}, "list": [1, 2]})
+    report.add("gate", {"failed thresholds": ["overall: auc 0.4 is low", "overall: loss"]})
 
     assert report.to_text() == (
         "provenance:\n"
@@ -93,6 +97,10 @@ def test_text_of_hand_made_report():
         "  ranking: not pushed: no model\n"
         "  empty: {}\n"
         "  list: [1, 2]\n"
+        "gate:\n"
+        "  failed thresholds:\n"
+        "    - overall: auc 0.4 is low\n"
+        "    - overall: loss\n"
     )
 
 
@@ -175,7 +183,7 @@ def test_skipped_stage1_reported_as_not_run(tmp_path):
     report = run_report.build_report(config, "run-1", {})
 
     reason = (
-        "Stage I was skipped (--skip-stage1); Stage II warm-started from the latest blessed "
+        "Stage I was skipped (--skip-stage1), so Stage II warm-started from the latest blessed "
         "Stage I model of an earlier run"
     )
     assert report.sections[run_report.STAGE1] == {"not run": reason}
@@ -184,7 +192,18 @@ def test_skipped_stage1_reported_as_not_run(tmp_path):
     assert plots[run_report.RECALL_PLOT_TITLE] == "not drawn: Stage I was not run"
 
 
+def test_first_half_only_reported_as_not_run():
+    config = dataclasses.replace(PipelineConfig(), first_half_only=True)
+
+    report = run_report.build_report(config, "run-1", {})
+
+    reason = {"not run": "--first-half-only stops the run after Transform"}
+    for section in (run_report.STAGE1, run_report.STAGE2, run_report.PUSH):
+        assert report.sections[section] == reason, section
+
+
 def test_describe_failure_of_value_and_change_thresholds():
+    import tensorflow_model_analysis as tfma
     from tensorflow_model_analysis.proto import validation_result_pb2
 
     value_failure = validation_result_pb2.ValidationFailure()
@@ -193,7 +212,9 @@ def test_describe_failure_of_value_and_change_thresholds():
     value_failure.metric_value.double_value.value = 0.47433
     change_failure = validation_result_pb2.ValidationFailure()
     change_failure.metric_key.name = "binary_crossentropy"
-    change_failure.metric_threshold.change_threshold.direction = 2  # LOWER_IS_BETTER
+    change_failure.metric_threshold.change_threshold.direction = (
+        tfma.MetricDirection.LOWER_IS_BETTER
+    )
     change_failure.metric_threshold.change_threshold.absolute.value = 0.02
     change_failure.metric_value.double_value.value = 0.05
 
@@ -216,10 +237,13 @@ class Snapshot:
     config: PipelineConfig
     report: run_report.RunReport
     folder: pathlib.Path
+    # The latest Evaluator output right after the run, found without the report's code.
+    evaluation_uri: str | None
 
 
 def _snapshot(config: PipelineConfig, name: str, root: pathlib.Path) -> Snapshot:
     local_runner.run(config)
+    evaluations = local_runner.latest_output_uris(config, training.EVALUATOR, "evaluation")
     report, _ = run_report.write_full_report(config)
     folder = root / "snapshots" / name
     folder.mkdir(parents=True)
@@ -227,7 +251,7 @@ def _snapshot(config: PipelineConfig, name: str, root: pathlib.Path) -> Snapshot
         source = os.path.join(config.dataset_dir, file_name)
         if os.path.exists(source):
             shutil.copy(source, folder / file_name)
-    return Snapshot(config, report, folder)
+    return Snapshot(config, report, folder, evaluations[0] if evaluations else None)
 
 
 def _with_training(config: PipelineConfig, **changes) -> PipelineConfig:
@@ -239,7 +263,7 @@ def runs(tmp_path_factory) -> dict[str, Snapshot]:
     if not (CASES / LOG_NAME).is_file():
         pytest.skip(f"the bad-input cases are not at {CASES}")
     root = tmp_path_factory.mktemp("run-report")
-    # A copy keeps the checksum test independent of the shared folder; its name has a
+    # A copy keeps the checksum test independent of the shared folder. Its name has a
     # dot, so the pipeline name does too ("idpt-partial_last_batch.csv").
     log = root / LOG_NAME
     shutil.copy(CASES / LOG_NAME, log)
@@ -263,6 +287,8 @@ def runs(tmp_path_factory) -> dict[str, Snapshot]:
     gate = first.training.retrieval_gate
     snapshots = {"first": _snapshot(first, "first", root)}
     snapshots["baseline"] = _snapshot(first, "baseline", root)
+    strict = _with_training(first, ranking_gate=STRICT_RANKING_GATE)
+    snapshots["strict_gate"] = _snapshot(strict, "strict_gate", root)
     gate_failed = _with_training(first, retrieval_gate=dataclasses.replace(gate, floor=1.0))
     snapshots["gate_failed"] = _snapshot(gate_failed, "gate_failed", root)
     snapshots["skip_stage1"] = _snapshot(
@@ -344,12 +370,13 @@ def test_stage2_metrics_equal_tfma_result(runs):
     import tensorflow_model_analysis as tfma
 
     snapshot = runs["first"]
-    uris = local_runner.latest_output_uris(snapshot.config, training.EVALUATOR, "evaluation")
-    rows = {row["slice"]: row for row in _section(snapshot, run_report.STAGE2)["slices"]}
+    stage2 = _section(snapshot, run_report.STAGE2)
+    rows = {row["slice"]: row for row in stage2["slices"]}
 
-    # Right after the first run, the latest evaluation is this run's. Without a
-    # baseline the Evaluator writes one model's metrics, so no model name is needed.
-    result = tfma.load_eval_result(uris[0])
+    # Without a baseline the Evaluator writes one model's metrics, so no model name is needed.
+    result = tfma.load_eval_result(snapshot.evaluation_uri)
+
+    assert stage2["evaluation (tfma.load_eval_result)"] == snapshot.evaluation_uri
 
     assert len(rows) == len(result.slicing_metrics)
     for slice_key, values in result.slicing_metrics:
@@ -413,6 +440,29 @@ def test_baseline_run_compares_with_first_model(runs):
 
 
 @pytest.mark.e2e
+def test_strict_gate_lists_failed_thresholds(runs):
+    import tensorflow_model_analysis as tfma
+
+    snapshot = runs["strict_gate"]
+    gate = _section(snapshot, run_report.RANKING_GATE)
+    overall = _section(snapshot, run_report.STAGE2)["slices"][0]
+    validation = tfma.load_validation_result(snapshot.evaluation_uri)
+    (per_slice,) = validation.metric_validations_per_slice
+
+    assert gate["blessed"] is False
+    assert len(per_slice.failures) == 2
+    assert gate["failed thresholds"] == [
+        f"overall: auc {overall['AUC']:.4f} is below the lower bound 0.99",
+        f"overall: auc change {overall['AUC'] - overall['baseline AUC']:+.4f} against the "
+        "baseline is below the allowed absolute change 0.1",
+    ]
+    assert gate["reason"].startswith("2 threshold checks failed (change thresholds against")
+    assert _section(snapshot, run_report.PUSH)[features.RANKING_MODEL_NAME] == (
+        "not pushed: the ranking model was not blessed by its gate"
+    )
+
+
+@pytest.mark.e2e
 def test_gate_failure_skips_stage2_sections(runs):
     snapshot = runs["gate_failed"]
     gate = _section(snapshot, run_report.RETRIEVAL_GATE)
@@ -462,6 +512,15 @@ def test_plots_are_pngs_of_figure_size(runs, name):
         assert copy.stat().st_size > 0
         # 7.0 x 4.2 inches at 100 dpi is 700 x 420 pixels, RGBA.
         assert image.imread(copy).shape == (420, 700, 4)
+
+
+def test_plots_reject_series_of_wrong_length(tmp_path):
+    from tfx_pipeline import plots
+
+    with pytest.raises(ValueError, match=r"^baseline has 1 AUCs for 2 buckets: give one per"):
+        plots.plot_auc_by_bucket(["0", "1"], [0.5, 0.6], [0.5], str(tmp_path / "auc.png"))
+    with pytest.raises(ValueError, match=r"^recall@10 has 3 values for 2 epochs: give one per"):
+        plots.plot_recall_by_epoch([1, 2], {"recall@10": [0.1, 0.2, 0.3]}, str(tmp_path / "r.png"))
 
 
 def test_synthetic_checksum_is_the_spec():
