@@ -123,6 +123,9 @@ def train_and_export(fn_args, on_epoch_end: EpochCallback | None = None) -> Stag
             "Stage I trains by epochs (%d); train_args.num_steps is ignored", config.epochs
         )
 
+    # Python, NumPy and TensorFlow global seeds: table initialisers and sampling draw from
+    # them, so a run's result must not depend on what ran before in the same process.
+    tf.keras.utils.set_random_seed(config.seed)
     checkpoint_dir = checkpoint_dir_for(config, inputs, fn_args.model_run_dir)
     strategy = tables.create_strategy(
         config.distribution, config.tpu_address, config.max_shard_bytes
