@@ -45,7 +45,7 @@ def latest_run_id(store: metadata_store.MetadataStore, pipeline_name: str) -> st
     """Return the id of the newest run of `pipeline_name`.
 
     Raises:
-      LookupError: the store holds no run of that pipeline.
+      LookupError: the store contains no run of that pipeline.
     """
     runs = store.get_contexts_by_type(PIPELINE_RUN_CONTEXT)
     runs = [run for run in runs if _belongs_to(store, run, pipeline_name)]

@@ -4,9 +4,9 @@
     -> [only if blessed] Stage2Trainer (base_model = this run's Stage I model)
     -> Evaluator (vs LatestBlessedRankingModel) -> ServingValidator -> ModelPusher
 
-With `skip_stage1`, the Stage I trainer and its gate are left out and Stage II
-warm-starts from the latest blessed Stage I model of earlier runs; its
-embedding export is remapped by token, so vocabularies may have changed since.
+With `skip_stage1`, the Stage I trainer and its gate are left out, and Stage II
+warm-starts from the latest blessed Stage I model of earlier runs. Its embedding
+export is remapped by token, so vocabularies may have changed since.
 """
 
 import dataclasses
@@ -75,7 +75,7 @@ def TrainingSettings(  # noqa: N802 - TFX names components like classes.
 ) -> None:
     """Write the per-run training settings where TFX Trainers read hyperparameters.
 
-    The Stage I epochs are a runtime parameter on Kubeflow; a Trainer's
+    The Stage I epochs are a runtime parameter on Kubeflow. A Trainer's
     `custom_config` is fixed at compile time, but its `hyperparameters` input
     arrives at run time as `fn_args.hyperparameters`.
     """
@@ -112,10 +112,6 @@ def build_training_half(
     Returns:
       The components in run order.
     """
-    transform = first_half.transform
-    examples = transform.outputs["transformed_examples"]
-    transform_graph = transform.outputs["transform_graph"]
-    schema = first_half.schema_curator.outputs["schema"]
     settings = TrainingSettings(epochs=epochs).with_id(TRAINING_SETTINGS)
     hyperparameters = settings.outputs["hyperparameters"]
 
@@ -126,16 +122,12 @@ def build_training_half(
     stage1_model = None
     retrieval_blessing = None
     if not training.skip_stage1:
-        stage1 = _stage1_trainer(
-            training, examples, transform_graph, schema, hyperparameters, dataset_dir
-        )
+        stage1 = _stage1_trainer(training, first_half, hyperparameters, dataset_dir)
         gate = RetrievalGate(
             model=stage1.outputs["model"],
             baseline_model=stage1_baseline.outputs["model"],
             config=training.retrieval_gate.to_json(),
         ).with_id(RETRIEVAL_GATE)
-        # An empty vocabulary stops the run before training (VocabularyCheck).
-        stage1.add_upstream_node(first_half.vocabulary_check)
         stage1_model = stage1.outputs["model"]
         retrieval_blessing = gate.outputs["blessing"]
         nodes += [stage1, gate]
@@ -146,9 +138,6 @@ def build_training_half(
     ranking_arguments = (
         training,
         first_half,
-        examples,
-        transform_graph,
-        schema,
         base_model,
         stage1_model,
         retrieval_blessing,
@@ -157,7 +146,7 @@ def build_training_half(
     if retrieval_blessing is None:
         return nodes + _ranking_nodes(*ranking_arguments)
 
-    # A Stage I model that fails its gate stops the run before Stage II: the
+    # A Stage I model that fails its gate stops the run before Stage II, because the
     # components built inside Cond are skipped when the gate did not bless it.
     blessed = retrieval_blessing.future()[0].custom_property(push.BLESSED_PROPERTY) == 1
     with tfx.dsl.Cond(blessed):
@@ -165,43 +154,47 @@ def build_training_half(
     return nodes + ranking_nodes
 
 
-def _stage1_trainer(training, examples, transform_graph, schema, hyperparameters, dataset_dir):
-    checkpoint_dir = training.checkpoint_dir or os.path.join(dataset_dir, "stage1-checkpoints")
-    stage1_config = dataclasses.replace(training.stage1, checkpoint_dir=checkpoint_dir)
-    return tfx.components.Trainer(
-        run_fn=STAGE1_RUN_FN,
-        examples=examples,
-        transform_graph=transform_graph,
-        schema=schema,
-        hyperparameters=hyperparameters,
+def _trainer(first_half, node_id: str, run_fn: str, custom_config: dict, **inputs):
+    """Build a Trainer on Transform's output that waits for the vocabulary check."""
+    transform = first_half.transform
+    trainer = tfx.components.Trainer(
+        run_fn=run_fn,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=first_half.schema_curator.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT]),
         eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
-        custom_config=stage1_config.to_dict(),
-    ).with_id(STAGE1_TRAINER)
+        custom_config=custom_config,
+        **inputs,
+    ).with_id(node_id)
+    # An empty vocabulary stops the run before training (VocabularyCheck).
+    trainer.add_upstream_node(first_half.vocabulary_check)
+    return trainer
+
+
+def _stage1_trainer(training, first_half, hyperparameters, dataset_dir):
+    checkpoint_dir = training.checkpoint_dir or os.path.join(dataset_dir, "stage1-checkpoints")
+    stage1_config = dataclasses.replace(training.stage1, checkpoint_dir=checkpoint_dir)
+    return _trainer(
+        first_half,
+        STAGE1_TRAINER,
+        STAGE1_RUN_FN,
+        stage1_config.to_dict(),
+        hyperparameters=hyperparameters,
+    )
 
 
 def _ranking_nodes(
-    training,
-    first_half,
-    examples,
-    transform_graph,
-    schema,
-    base_model,
-    stage1_model,
-    retrieval_blessing,
-    dataset_dir,
+    training, first_half, base_model, stage1_model, retrieval_blessing, dataset_dir
 ) -> list[tfx.types.BaseNode]:
-    stage2 = tfx.components.Trainer(
-        run_fn=STAGE2_RUN_FN,
-        examples=examples,
-        transform_graph=transform_graph,
-        schema=schema,
+    examples = first_half.transform.outputs["transformed_examples"]
+    stage2 = _trainer(
+        first_half,
+        STAGE2_TRAINER,
+        STAGE2_RUN_FN,
+        training.stage2.to_dict(),
         base_model=base_model,
-        train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT]),
-        eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
-        custom_config=training.stage2.to_dict(),
-    ).with_id(STAGE2_TRAINER)
-    stage2.add_upstream_node(first_half.vocabulary_check)
+    )
     ranking_baseline = latest_blessed(RANKING_BASELINE, STAGE2_TRAINER, EVALUATOR)
     evaluator = tfx.components.Evaluator(
         examples=examples,

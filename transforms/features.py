@@ -80,8 +80,8 @@ ENGAGED_ITEM_COUNTS = "item_id_engaged_counts"
 ENGAGED_ITEM_ORDER = "item_id_engaged_order"
 
 # Embedding export written by the Stage I trainer inside its model artifact, one
-# folder per table: EMBEDDING_EXPORT_DIR/<table>/TOKENS_FILE holds the table's
-# vocabulary, one UTF-8 token per line in row order, and MATRIX_FILE holds a
+# folder per table: EMBEDDING_EXPORT_DIR/<table>/TOKENS_FILE contains the table's
+# vocabulary, one UTF-8 token per line in row order, and MATRIX_FILE contains a
 # float32 NumPy array of shape (len(tokens) + NUM_OOV_BUCKETS, dimension) whose
 # last rows are the OOV rows. The format is the same for every distribution
 # strategy.

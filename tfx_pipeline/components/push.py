@@ -3,7 +3,7 @@
 Layout: `<base>/ranking/<version>/` and `<base>/retrieval/<version>/`, each a
 SavedModel with `assets.extra/tf_serving_warmup_requests`. A version is copied
 into a hidden sibling folder first and renamed into place, so TF Serving (which
-loads only all-digit folder names) never sees a half-written version. TFX's own
+loads only all-digit folder names) never loads a half-written version. TFX's own
 Pusher copies in place and handles one model per component.
 """
 
@@ -32,7 +32,7 @@ REASON_PROPERTY = "reason"
 
 
 def is_blessed(blessing: types.Artifact | None) -> bool:
-    """Return True when a blessing artifact exists and says blessed."""
+    """Return True when a blessing artifact exists and its `blessed` property is 1."""
     if blessing is None:
         return False
     return bool(blessing.get_int_custom_property(BLESSED_PROPERTY))

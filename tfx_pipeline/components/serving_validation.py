@@ -1,4 +1,4 @@
-"""Serving validation: the candidate models answer real requests before they are pushed.
+"""Serving validation: the candidate models must serve real requests before they are pushed.
 
 TFX's InfraValidator starts TF Serving in Docker or Kubernetes and raises
 NotImplementedError on Kubeflow Pipelines v2. This component instead loads the
@@ -41,7 +41,7 @@ def read_eval_columns(examples_uri: str, split: str, count: int) -> dict[str, li
     """Read the first `count` examples of a split as columns of Python values.
 
     Only the raw id and side-feature columns are kept, because those are what
-    clients send; missing values of a feature are left out of that column.
+    clients send. Missing values of a feature are left out of that column.
     """
     pattern = os.path.join(examples_uri, f"Split-{split}", "*")
     files = sorted(glob.glob(pattern))
@@ -162,7 +162,7 @@ def ServingValidator(  # noqa: N802 - TFX names components like classes.
     retrieval_model: InputArtifact[standard_artifacts.Model] = None,
     num_examples: Parameter[int] = 32,
 ) -> None:
-    """Bless the candidate models only if the local server answers every signature."""
+    """Bless the candidate models only if every signature returns a valid response locally."""
     models = {features.RANKING_MODEL_NAME: os.path.join(ranking_model.uri, SERVING_MODEL_FOLDER)}
     if retrieval_model is not None:
         models[features.RETRIEVAL_MODEL_NAME] = os.path.join(
