@@ -331,8 +331,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from absl import logging
+
     from tfx_pipeline import benchmarks
 
+    # Progress lines: a full run takes tens of minutes.
+    logging.set_verbosity(logging.INFO)
     results = benchmarks.run_all(args.output, quick=args.quick, only=args.only)
     benchmarks.write_markdown(results, args.markdown, quick=args.quick)
     sys.stdout.write(f"Benchmark figures written to {args.markdown}\n")

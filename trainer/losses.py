@@ -12,6 +12,10 @@ The correction (logQ) applies to every column, the positive included, because po
 are over-represented as negatives and as positives alike. A candidate other than column i
 whose item id equals row i's positive (an accidental hit) gets LARGE_NEGATIVE_LOGIT, so
 softmax gives it a probability of exactly 0 in float32.
+
+`contrastive_logits` builds these logits, and `softmax_loss` of them is the reference loss.
+Training calls `contrastive_losses`, which computes the same loss with fewer passes over
+the [B, B + M] scores.
 """
 
 from __future__ import annotations
@@ -179,14 +183,16 @@ def contrastive_losses(
     temperature: float | None = None,
     remove_accidental_hits: bool = True,
     shared_query_embedding: tf.Tensor | None = None,
+    one_embedding_per_id: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
     """Compute the contrastive loss with few passes over the [B, B + M] logits.
 
     Elementwise passes over the logits dominated the loss's cost in a CPU profile (batch
     2048, dimension 64). So the temperature scales the [B, D] queries instead, and the logQ
     correction rides in the matmul: queries get a last coordinate -1 and candidates
-    log(Q_j). Masking also sets the positive's own column aside and adds it back with a
-    log-add-exp, which avoids rebuilding the diagonal.
+    log(Q_j). Masking sets the positive's own column aside and adds it back with a
+    log-add-exp, which avoids rebuilding the diagonal. With `one_embedding_per_id`,
+    masking needs no pass over the logits at all (see `_losses_one_embedding_per_id`).
 
     Args:
       query_embeddings, candidate_embeddings, candidate_ids, candidate_sampling_probability,
@@ -194,6 +200,11 @@ def contrastive_losses(
       remove_accidental_hits: As for `contrastive_logits`.
       shared_query_embedding: Optional [D] query scored against the same candidates as if
         it were every row's query; its losses come second.
+      one_embedding_per_id: The caller promises that candidates with equal ids have equal
+        embeddings, in-batch and sampled alike, as when the candidate tower is a function
+        of the item id. Masking then subtracts each row's accidental-hit mass in O(B + M)
+        instead of masking the [B, B + M] logits. The result equals the masked softmax up
+        to float32 rounding, but it is wrong for inputs that break the promise.
 
     Returns:
       [B] per-row losses, and [B] per-row losses of the shared query (None without it).
@@ -206,18 +217,33 @@ def contrastive_losses(
         sampled_ids,
         sampled_probability,
     )
-    queries = query_embeddings
+    # The shared query goes through every step on its own, because joining it to the rows
+    # and slicing it off again cost more in a CPU profile than the shared term itself.
+    queries = _scale_queries(query_embeddings, temperature, probabilities is not None)
+    shared = None
     if shared_query_embedding is not None:
-        queries = tf.concat([queries, shared_query_embedding[tf.newaxis, :]], axis=0)
-    if temperature is not None:
-        queries = queries / temperature
+        shared = _scale_queries(
+            shared_query_embedding[tf.newaxis, :], temperature, probabilities is not None
+        )
     if probabilities is not None:
-        queries, candidates = _append_logq(queries, candidates, probabilities)
+        log_probability = tf.math.log(tf.cast(probabilities, candidates.dtype))
+        candidates = tf.concat([candidates, log_probability[:, tf.newaxis]], axis=1)
 
     rows = tf.shape(candidate_ids)[0]
-    row_queries = queries[:rows]
-    logits = tf.linalg.matmul(row_queries, candidates, transpose_b=True)
-    positive_logits = tf.reduce_sum(row_queries * candidates[:rows], axis=-1)
+    positive_logits = tf.reduce_sum(queries * candidates[:rows], axis=-1)
+    if one_embedding_per_id:
+        return _losses_one_embedding_per_id(
+            queries,
+            shared,
+            candidates,
+            positive_logits,
+            candidate_ids,
+            ids,
+            probabilities,
+            remove_accidental_hits,
+        )
+
+    logits = tf.linalg.matmul(queries, candidates, transpose_b=True)
     if remove_accidental_hits:
         same_item = tf.equal(candidate_ids[:, tf.newaxis], ids[tf.newaxis, :])
         others = tf.where(same_item, tf.constant(LARGE_NEGATIVE_LOGIT, logits.dtype), logits)
@@ -228,21 +254,115 @@ def contrastive_losses(
     loss = log_normalizer - positive_logits
 
     shared_loss = None
-    if shared_query_embedding is not None:
-        shared_logits = tf.linalg.matmul(queries[rows:], candidates, transpose_b=True)[0]
+    if shared is not None:
+        shared_logits = tf.linalg.matvec(candidates, shared[0])
         shared_loss = shared_query_softmax_loss(
             shared_logits, candidate_ids, ids, remove_accidental_hits
         )
     return loss, shared_loss
 
 
-def _append_logq(
-    queries: tf.Tensor, candidates: tf.Tensor, probabilities: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    # [q, -1] . [c, log Q] = q . c - log Q.
-    minus_one = -tf.ones_like(queries[:, :1])
-    log_probability = tf.math.log(tf.cast(probabilities, candidates.dtype))[:, tf.newaxis]
-    return tf.concat([queries, minus_one], axis=1), tf.concat([candidates, log_probability], axis=1)
+def _scale_queries(queries: tf.Tensor, temperature: float | None, logq: bool) -> tf.Tensor:
+    """Divide queries by the temperature and, for logQ, append a last coordinate -1.
+
+    With candidates extended by log(Q_j), [q, -1] . [c, log Q] = q . c - log Q, so the
+    correction rides in the matmul instead of a pass over the logits.
+    """
+    if temperature is not None:
+        queries = queries / temperature
+    if logq:
+        queries = tf.concat([queries, -tf.ones_like(queries[:, :1])], axis=1)
+    return queries
+
+
+def _losses_one_embedding_per_id(
+    queries: tf.Tensor,
+    shared: tf.Tensor | None,
+    candidates: tf.Tensor,
+    positive_logits: tf.Tensor,
+    positive_ids: tf.Tensor,
+    candidate_ids: tf.Tensor,
+    probabilities: tf.Tensor | None,
+    remove_accidental_hits: bool,
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Compute the losses when equal ids mean equal embeddings, without masking the logits.
+
+    A column j that contains row i's item then scores the same as row i's own column, apart
+    from the logQ term: its mass is the positive's mass times Q_i / Q_j. So the hits of
+    row i weigh (Q_i * sum_{j of that item} 1 / Q_j) - 1 times the positive, and one
+    segment sum over the candidates gives that factor for every row. Subtracting that mass
+    from the row's total loses float32 precision only where the hits outweigh the rest of
+    the row by orders of magnitude; a floor keeps the result at least the positive's mass.
+
+    Args:
+      queries: [B, D'] queries after `_scale_queries`.
+      shared: [1, D'] shared query after `_scale_queries`, or None.
+      candidates: [N, D'] candidates, the B positives first, logQ-extended like `queries`.
+      positive_logits: [B] corrected logit of each row's own column.
+      positive_ids: [B] item id of each row's positive.
+      candidate_ids: [N] item id of each candidate.
+      probabilities: [N] sampling probability of each candidate, or None without logQ.
+      remove_accidental_hits: Leave out each row's hits.
+
+    Returns:
+      [B] row losses, and [B] losses of the shared query against each row's positive
+      (None without `shared`).
+    """
+    rows = tf.shape(positive_ids)[0]
+    hit_factor = None
+    if remove_accidental_hits:
+        hit_factor = _hit_factor(positive_ids, candidate_ids, probabilities, candidates.dtype)
+
+    peak, total = _peak_and_total(tf.linalg.matmul(queries, candidates, transpose_b=True))
+    loss = _loss_from_total(total, peak, positive_logits, hit_factor)
+    if shared is None:
+        return loss, None
+
+    shared_peak, shared_total = _peak_and_total(
+        tf.linalg.matmul(shared, candidates, transpose_b=True)
+    )
+    shared_positive_logits = tf.linalg.matvec(candidates[:rows], shared[0])
+    shared_loss = _loss_from_total(
+        shared_total[0], shared_peak[0], shared_positive_logits, hit_factor
+    )
+    return loss, shared_loss
+
+
+def _peak_and_total(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Return each row's max logit and its sum of exp(logit - max): [R] and [R]."""
+    peak = tf.stop_gradient(tf.reduce_max(logits, axis=1))
+    return peak, tf.reduce_sum(tf.exp(logits - peak[:, tf.newaxis]), axis=1)
+
+
+def _hit_factor(
+    positive_ids: tf.Tensor,
+    candidate_ids: tf.Tensor,
+    probabilities: tf.Tensor | None,
+    dtype: tf.DType,
+) -> tf.Tensor:
+    """Return, per row, the mass of its accidental hits in units of its positive's mass: [B]."""
+    rows = tf.shape(positive_ids)[0]
+    unique_ids, column_item = tf.unique(candidate_ids)
+    if probabilities is None:
+        inverse_probability = tf.ones(tf.shape(candidate_ids), dtype)
+    else:
+        inverse_probability = 1.0 / tf.cast(probabilities, dtype)
+    item_weight = tf.math.unsorted_segment_sum(
+        inverse_probability, column_item, tf.size(unique_ids)
+    )
+    return tf.gather(item_weight, column_item[:rows]) / inverse_probability[:rows] - 1.0
+
+
+def _loss_from_total(
+    total: tf.Tensor, peak: tf.Tensor, positive_logits: tf.Tensor, hit_factor: tf.Tensor | None
+) -> tf.Tensor:
+    """Return -log softmax of the positives, given the sum of exp(logit - peak) per row."""
+    if hit_factor is None:
+        return tf.math.log(total) + peak - positive_logits
+    own = tf.exp(positive_logits - peak)
+    # The true sum always includes the positive's own column, so the floor only absorbs
+    # rounding.
+    return tf.math.log(tf.maximum(total - own * hit_factor, own)) + peak - positive_logits
 
 
 def _log_add_exp(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:

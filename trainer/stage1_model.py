@@ -25,6 +25,7 @@ from trainer.stage1_data import ITEM_IDS, USER_IDS, Vocabulary
 from transforms import features
 
 SAMPLED_FEATURE_PREFIX = "sampled_"
+UNSEEN_FEATURE_PREFIX = "unseen_"
 
 
 def make_optimizer(config: Stage1Config) -> tf.keras.optimizers.legacy.Optimizer:
@@ -117,6 +118,9 @@ class Stage1Model(tf.keras.Model):
         if self.config.num_sampled_negatives:
             for key in self.candidate_keys:
                 mapping[SAMPLED_FEATURE_PREFIX + key] = key
+        if self.config.unseen_user_loss_weight:
+            for key in self.query_keys:
+                mapping[UNSEEN_FEATURE_PREFIX + key] = key
         return mapping
 
     @property
@@ -133,6 +137,11 @@ class Stage1Model(tf.keras.Model):
             ids[SAMPLED_FEATURE_PREFIX + features.ITEM_ID] = sampled_ids
             for key in self.candidate_keys[1:]:
                 ids[SAMPLED_FEATURE_PREFIX + key] = tf.gather(self._side_index[key], sampled_ids)
+        if self.config.unseen_user_loss_weight:
+            oov = tf.constant([self.vocabularies[features.USER_ID].oov_index], tf.int64)
+            ids[UNSEEN_FEATURE_PREFIX + features.USER_ID] = oov
+            for key in self.query_keys[1:]:
+                ids[UNSEEN_FEATURE_PREFIX + key] = tf.gather(self._side_index[key], oov)
         return ids
 
     def _finish_tower(self, summed: tf.Tensor) -> tf.Tensor:
@@ -140,9 +149,12 @@ class Stage1Model(tf.keras.Model):
             return tf.math.l2_normalize(summed, axis=-1)
         return summed
 
+    def _tower(self, looked_up: Mapping[str, tf.Tensor], prefix: str, keys) -> tf.Tensor:
+        return self._finish_tower(tf.add_n([looked_up[prefix + key] for key in keys]))
+
     def embed(
         self, user_ids: tf.Tensor, item_ids: tf.Tensor, sampled_ids: tf.Tensor | None = None
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
         """Run both towers; one table lookup serves all features (TPUEmbedding needs that).
 
         Args:
@@ -151,18 +163,21 @@ class Stage1Model(tf.keras.Model):
           sampled_ids: [M] sampled item indices, or None.
 
         Returns:
-          Query [B, D], candidate [B, D] and sampled candidate [M, D] (or None) embeddings.
+          Query [B, D], candidate [B, D], sampled candidate [M, D] (or None) embeddings,
+          and the OOV user's query [1, D] (None when `unseen_user_loss_weight` is 0). The
+          OOV row is a feature of its own, not one more row of the batch, so the batch's
+          tensors are never joined and split.
         """
         looked_up = self.tables(self._lookup_ids(user_ids, item_ids, sampled_ids))
-        query = self._finish_tower(tf.add_n([looked_up[key] for key in self.query_keys]))
-        candidate = self._finish_tower(tf.add_n([looked_up[key] for key in self.candidate_keys]))
+        query = self._tower(looked_up, "", self.query_keys)
+        candidate = self._tower(looked_up, "", self.candidate_keys)
 
-        sampled = None
+        sampled = unseen = None
         if sampled_ids is not None:
-            sampled = self._finish_tower(
-                tf.add_n([looked_up[SAMPLED_FEATURE_PREFIX + key] for key in self.candidate_keys])
-            )
-        return query, candidate, sampled
+            sampled = self._tower(looked_up, SAMPLED_FEATURE_PREFIX, self.candidate_keys)
+        if self.config.unseen_user_loss_weight:
+            unseen = self._tower(looked_up, UNSEEN_FEATURE_PREFIX, self.query_keys)
+        return query, candidate, sampled, unseen
 
     def sample_negatives(self) -> tuple[tf.Tensor, tf.Tensor] | tuple[None, None]:
         """Draw M item indices with replacement from the sampler.
@@ -188,18 +203,11 @@ class Stage1Model(tf.keras.Model):
         term teaches it a ranking for a user the model has no data on.
         """
         item_ids = batch[ITEM_IDS]
-        rows = tf.shape(item_ids)[0]
-        user_ids = batch[USER_IDS]
-        unseen_weight = self.config.unseen_user_loss_weight
-        if unseen_weight:
-            oov = self.vocabularies[features.USER_ID].oov_index
-            user_ids = tf.concat([user_ids, tf.constant([oov], tf.int64)], axis=0)
-
         sampled_ids, sampled_probability = self.sample_negatives()
-        query, candidate, sampled = self.embed(user_ids, item_ids, sampled_ids)
+        query, candidate, sampled, unseen = self.embed(batch[USER_IDS], item_ids, sampled_ids)
         logq = self.config.logq_correction
         loss, unseen_loss = losses.contrastive_losses(
-            query[:rows],
+            query,
             candidate,
             item_ids,
             candidate_sampling_probability=(
@@ -210,10 +218,13 @@ class Stage1Model(tf.keras.Model):
             sampled_probability=sampled_probability if logq else None,
             temperature=self.config.temperature if self.config.similarity == "cosine" else None,
             remove_accidental_hits=self.config.remove_accidental_hits,
-            shared_query_embedding=query[rows] if unseen_weight else None,
+            shared_query_embedding=None if unseen is None else unseen[0],
+            # The candidate tower reads only the item id (side features come from a per-id
+            # index), so equal ids mean equal embeddings.
+            one_embedding_per_id=True,
         )
-        if unseen_weight:
-            loss += unseen_weight * unseen_loss
+        if unseen is not None:
+            loss += self.config.unseen_user_loss_weight * unseen_loss
         return loss
 
     def train_step(self, batch: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -19,15 +19,12 @@ import os
 import shutil
 import tempfile
 
-import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx.components.trainer.fn_args_utils import FnArgs
+from transform_testdata import write_transformed_splits
 
-from transforms import features, preprocessing
+from transforms import features
 
 USERS = 48
 ITEMS = 30
@@ -120,37 +117,17 @@ def transformed_log() -> TransformedLog:
 def _run_transform(train_rows: list[dict], eval_rows: list[dict]) -> TransformedLog:
     root = tempfile.mkdtemp(prefix="idpt-stage1-")
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    metadata = dataset_metadata.DatasetMetadata.from_feature_spec(RAW_SPEC)
-    transform_output = os.path.join(root, "transform_output")
-
-    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=os.path.join(root, "tmp")):
-        train = pipeline | "ReadTrain" >> beam.Create([_to_instance(r) for r in train_rows])
-        evaluation = pipeline | "ReadEval" >> beam.Create([_to_instance(r) for r in eval_rows])
-        transform_fn = (train, metadata) | tft_beam.AnalyzeDataset(preprocessing.preprocessing_fn)
-        _ = transform_fn | tft_beam.WriteTransformFn(transform_output)
-        for name, split in (("train", train), ("eval", evaluation)):
-            transformed, transformed_metadata = ((split, metadata), transform_fn) | (
-                f"Transform{name}" >> tft_beam.TransformDataset()
-            )
-            coder = tft.coders.ExampleProtoCoder(transformed_metadata.schema)
-            _ = (
-                transformed
-                | f"Encode{name}" >> beam.Map(coder.encode)
-                | f"Write{name}"
-                >> beam.io.WriteToTFRecord(
-                    os.path.join(root, f"Split-{name}", "transformed_examples"),
-                    file_name_suffix=".gz",
-                )
-            )
-
-    metadata_io.write_metadata(
-        metadata, os.path.join(transform_output, tft.TFTransformOutput.RAW_METADATA_DIR)
+    transform_output, train_pattern, eval_pattern = write_transformed_splits(
+        root,
+        RAW_SPEC,
+        [_to_instance(row) for row in train_rows],
+        [_to_instance(row) for row in eval_rows],
     )
     return TransformedLog(
         root=root,
         transform_output=transform_output,
-        train_pattern=os.path.join(root, "Split-train", "*"),
-        eval_pattern=os.path.join(root, "Split-eval", "*"),
+        train_pattern=train_pattern,
+        eval_pattern=eval_pattern,
         train_rows=train_rows,
         eval_rows=eval_rows,
     )

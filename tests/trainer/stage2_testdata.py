@@ -16,14 +16,12 @@ import os
 import shutil
 import tempfile
 
-import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+from transform_testdata import write_transformed_splits
 
-from transforms import features, preprocessing, readers
+from transforms import features, readers
 
 _TYPES = {"string": tf.string, "int": tf.int64, "float": tf.float32}
 _CACHE: dict[str, TransformedMovieLens] = {}
@@ -107,37 +105,17 @@ def _run_transform(movielens_dir: str) -> TransformedMovieLens:
     rows = list(readers.read_log(movielens_dir, readers.MOVIELENS_100K))
     spec = raw_feature_spec(readers.column_types(movielens_dir, readers.MOVIELENS_100K))
     train_rows, eval_rows = split_by_time(rows)
-    metadata = dataset_metadata.DatasetMetadata.from_feature_spec(spec)
-    transform_output = os.path.join(root, "transform_output")
-
-    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=os.path.join(root, "tmp")):
-        train = pipeline | "ReadTrain" >> beam.Create([to_instance(r, spec) for r in train_rows])
-        evaluation = pipeline | "ReadEval" >> beam.Create([to_instance(r, spec) for r in eval_rows])
-        transform_fn = (train, metadata) | tft_beam.AnalyzeDataset(preprocessing.preprocessing_fn)
-        _ = transform_fn | tft_beam.WriteTransformFn(transform_output)
-        for name, split in (("train", train), ("eval", evaluation)):
-            transformed, transformed_metadata = ((split, metadata), transform_fn) | (
-                f"Transform{name}" >> tft_beam.TransformDataset()
-            )
-            coder = tft.coders.ExampleProtoCoder(transformed_metadata.schema)
-            _ = (
-                transformed
-                | f"Encode{name}" >> beam.Map(coder.encode)
-                | f"Write{name}"
-                >> beam.io.WriteToTFRecord(
-                    os.path.join(root, name, "transformed_examples"), file_name_suffix=".gz"
-                )
-            )
-
-    # TFX's Transform writes the raw schema beside the graph; TFTransformOutput reads it.
-    metadata_io.write_metadata(
-        metadata, os.path.join(transform_output, tft.TFTransformOutput.RAW_METADATA_DIR)
+    transform_output, train_pattern, eval_pattern = write_transformed_splits(
+        root,
+        spec,
+        [to_instance(row, spec) for row in train_rows],
+        [to_instance(row, spec) for row in eval_rows],
     )
     return TransformedMovieLens(
         root=root,
         transform_output=transform_output,
-        train_pattern=os.path.join(root, "train", "*"),
-        eval_pattern=os.path.join(root, "eval", "*"),
+        train_pattern=train_pattern,
+        eval_pattern=eval_pattern,
         raw_spec=spec,
         train_rows=train_rows,
         eval_rows=eval_rows,

@@ -113,10 +113,15 @@ def test_accidental_hits_masked_in_duplicate_case(cases_dir):
     # each row's loss is log 16. Masking leaves an i_hot row its own column plus the 8
     # distinct items: log 9 = 2.197225. An i<k> row has no duplicate: log 16 = 2.772589.
     same = np.tile([[1.0, 0.0]], (16, 1))
-    values = loss_of(same, same, item_ids)
     hot = [row[features.ITEM_ID] == "i_hot" for row in rows]
-    np.testing.assert_allclose(values[hot], np.full(8, math.log(9)), rtol=1e-6)
-    np.testing.assert_allclose(values[[not h for h in hot]], np.full(8, math.log(16)), rtol=1e-6)
+    # Equal vectors everywhere keep the promise of one_embedding_per_id, so both masking
+    # paths must give the hand-worked values.
+    for one_embedding_per_id in (False, True):
+        values = loss_of(same, same, item_ids, one_embedding_per_id=one_embedding_per_id)
+        np.testing.assert_allclose(values[hot], np.full(8, math.log(9)), rtol=1e-6)
+        np.testing.assert_allclose(
+            values[[not h for h in hot]], np.full(8, math.log(16)), rtol=1e-6
+        )
 
     unmasked = loss_of(same, same, item_ids, remove_accidental_hits=False)
     np.testing.assert_allclose(unmasked, np.full(16, math.log(16)), rtol=1e-6)
@@ -329,3 +334,113 @@ def test_fast_loss_equals_softmax_of_explicit_logits(cases_dir):
             )
         ).numpy()
         np.testing.assert_allclose(fast, explicit, rtol=1e-4, atol=1e-4)
+
+
+def _keyed_arguments(cases_dir):
+    # Candidates read from one table by item id, so equal ids have equal embeddings. The
+    # sampled negatives repeat two in-batch items under other (sampler) probabilities.
+    _, _, item_ids = _duplicate_case(cases_dir)
+    rng = np.random.default_rng(6)
+    table = tf.constant(rng.normal(size=(40, 3)), tf.float32)
+    frequency = rng.uniform(0.01, 0.2, 40)
+    sampler = rng.uniform(0.001, 0.05, 40)
+    sampled_ids = [item_ids[0], item_ids[0], item_ids[9], 30, 31]
+    arguments = {
+        "candidate_sampling_probability": tf.constant(frequency[item_ids], tf.float32),
+        "sampled_ids": tf.constant(sampled_ids, tf.int64),
+        "sampled_probability": tf.constant(sampler[sampled_ids], tf.float32),
+        "temperature": 0.05,
+    }
+    query = tf.constant(rng.normal(size=(16, 3)), tf.float32)
+    return query, table, item_ids, arguments
+
+
+def test_keyed_loss_equals_masked_softmax(cases_dir):
+    query, table, item_ids, arguments = _keyed_arguments(cases_dir)
+    ids = tf.constant(item_ids, tf.int64)
+
+    def fast_and_explicit():
+        # Gathered under the tape: the two paths send a row's gradient through different
+        # copies of an item (the fast one through its hit columns too), so only the table's
+        # gradient, which sums the copies, must agree.
+        candidates = tf.gather(table, ids)
+        arguments["sampled_embeddings"] = tf.gather(table, arguments["sampled_ids"])
+        fast = losses.contrastive_loss(
+            query, candidates, ids, one_embedding_per_id=True, **arguments
+        )
+        explicit = losses.softmax_loss(
+            losses.contrastive_logits(query, candidates, ids, **arguments)
+        )
+        return fast, explicit
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([query, table])
+        fast, explicit = fast_and_explicit()
+        fast_total, explicit_total = tf.reduce_sum(fast), tf.reduce_sum(explicit)
+    # Row 0 has a loss near 0 next to losses in the hundreds: the subtraction of its hits
+    # leaves float32 rounding of about 1e-5 there.
+    np.testing.assert_allclose(fast.numpy(), explicit.numpy(), rtol=1e-5, atol=1e-4)
+
+    sampled = arguments["sampled_embeddings"].numpy()
+    expected = reference_loss(
+        query.numpy(),
+        tf.gather(table, ids).numpy(),
+        item_ids,
+        arguments["candidate_sampling_probability"].numpy(),
+        sampled,
+        arguments["sampled_ids"].numpy().tolist(),
+        arguments["sampled_probability"].numpy().tolist(),
+        0.05,
+    )
+    np.testing.assert_allclose(fast.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+    for variable in (query, table):
+        fast_gradient = tf.convert_to_tensor(tape.gradient(fast_total, variable))
+        explicit_gradient = tf.convert_to_tensor(tape.gradient(explicit_total, variable))
+        np.testing.assert_allclose(fast_gradient.numpy(), explicit_gradient.numpy(), atol=1e-3)
+
+
+def test_keyed_loss_by_hand():
+    # Ids [7, 7, 8] with candidates e0 = e0' = [1, 0] (item 7) and [0, 1] (item 8), queries
+    # equal to the candidates, Q = [0.5, 0.25, 0.25]. The two item-7 columns differ in Q
+    # only. In-batch training rows never do that, but the formula allows it.
+    # Row 0 logits: [1 + ln 2, masked, 0 + ln 4]: log(e^(1+ln2) + 4) - (1 + ln 2)
+    #   = log(2e + 4) - 1 - ln 2 = log(9.436564) - 1.693147 = 0.551444.
+    # Row 1 logits: [masked, 1 + ln 4, ln 4]: log(4e + 4) - 1 - ln 4 = log(14.873127) - 2.386294
+    #   = 0.313262.
+    # Row 2 logits: [ln 2, ln 4, 1 + ln 4]: log(2 + 4 + 4e) - 1 - ln 4 = log(16.873127)
+    #   - 2.386294 = 0.439364.
+    vectors = [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    values = loss_of(
+        vectors,
+        vectors,
+        [7, 7, 8],
+        candidate_sampling_probability=tf.constant([0.5, 0.25, 0.25]),
+        one_embedding_per_id=True,
+    )
+    np.testing.assert_allclose(values, [0.551444, 0.313262, 0.439428], atol=1e-6)
+
+
+def test_keyed_shared_query_loss(cases_dir):
+    query, table, item_ids, arguments = _keyed_arguments(cases_dir)
+    ids = tf.constant(item_ids, tf.int64)
+    arguments["sampled_embeddings"] = tf.gather(table, arguments["sampled_ids"])
+    shared = tf.constant([0.3, -0.2, 0.9])
+    for mask in (True, False):
+        results = [
+            losses.contrastive_losses(
+                query,
+                tf.gather(table, ids),
+                ids,
+                remove_accidental_hits=mask,
+                shared_query_embedding=shared,
+                one_embedding_per_id=one_embedding_per_id,
+                **arguments,
+            )
+            for one_embedding_per_id in (False, True)
+        ]
+        (general, general_shared), (fast, fast_shared) = results
+        np.testing.assert_allclose(fast.numpy(), general.numpy(), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(
+            fast_shared.numpy(), general_shared.numpy(), rtol=1e-5, atol=1e-4
+        )

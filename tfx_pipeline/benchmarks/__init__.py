@@ -18,8 +18,11 @@ import os
 import pkgutil
 import platform
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from absl import logging
 
 _SUFFIX = "_bench"
 _HEADER = (
@@ -51,11 +54,14 @@ def run_all(output_dir: str, quick: bool, only: Iterable[str] = ()) -> dict[str,
     if unknown:
         raise ValueError(f"unknown benchmark modules {unknown}: available are {names}.")
     results = {}
-    for name in selected:
+    for number, name in enumerate(selected, start=1):
+        logging.info("Benchmark %d of %d: %s started.", number, len(selected), name)
+        start = time.perf_counter()
         module = importlib.import_module(f"{__name__}.{name}")
         folder = os.path.join(os.path.abspath(output_dir), "bench", name)
         os.makedirs(folder, exist_ok=True)
         results[name] = module.run(folder, quick)
+        logging.info("Benchmark %s finished in %.0f s.", name, time.perf_counter() - start)
     return results
 
 
