@@ -444,3 +444,35 @@ def test_keyed_shared_query_loss(cases_dir):
         np.testing.assert_allclose(
             fast_shared.numpy(), general_shared.numpy(), rtol=1e-5, atol=1e-4
         )
+
+
+def test_keyed_loss_at_training_scale():
+    # 512 rows with Zipf item popularity (the top item fills about a tenth of the batch),
+    # 256 sampled negatives from another distribution, unit-norm towers and temperature
+    # 0.05 as in training: the fast loss must match the explicit masked softmax.
+    rng = np.random.default_rng(7)
+    items = 400
+    popularity = 1.0 / np.arange(1, items + 1)
+    popularity /= popularity.sum()
+    sampler = np.full(items, 1.0 / items)
+    ids = rng.choice(items, size=512, p=popularity)
+    sampled_ids = rng.choice(items, size=256, p=sampler)
+    table = rng.normal(size=(items, 16))
+    table /= np.linalg.norm(table, axis=1, keepdims=True)
+    query = rng.normal(size=(512, 16))
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+
+    arguments = {
+        "candidate_sampling_probability": tf.constant(popularity[ids], tf.float32),
+        "sampled_embeddings": tf.constant(table[sampled_ids], tf.float32),
+        "sampled_ids": tf.constant(sampled_ids, tf.int64),
+        "sampled_probability": tf.constant(sampler[sampled_ids], tf.float32),
+        "temperature": 0.05,
+    }
+    query = tf.constant(query, tf.float32)
+    candidates = tf.constant(table[ids], tf.float32)
+    ids = tf.constant(ids, tf.int64)
+    fast = losses.contrastive_loss(query, candidates, ids, one_embedding_per_id=True, **arguments)
+    explicit = losses.softmax_loss(losses.contrastive_logits(query, candidates, ids, **arguments))
+    assert int(tf.reduce_max(tf.unique_with_counts(ids).count)) > 40
+    np.testing.assert_allclose(fast.numpy(), explicit.numpy(), rtol=1e-5, atol=1e-4)
