@@ -103,6 +103,9 @@ PREDICT_SIGNATURE = "predict"
 QUERY_EMBEDDING_SIGNATURE = "query_embedding"
 RETRIEVE_SIGNATURE = "retrieve"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+# The path of the SavedModel a version was copied from, one UTF-8 line. A rerun whose
+# trainer was cached offers the same SavedModel again, and the pusher skips it.
+PUSH_SOURCE_FILE = "assets.extra/idpt_pushed_from.txt"
 
 # Output keys of the signatures.
 SCORE_OUTPUT = "score"

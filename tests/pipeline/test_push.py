@@ -5,6 +5,7 @@ import os
 
 import pytest
 import tensorflow as tf
+from tfx.types import standard_artifacts
 
 from tfx_pipeline.components import push
 from transforms import features
@@ -78,3 +79,59 @@ def test_train_history_keeps_engaged_rows(tmp_path):
             writer.write(example.SerializeToString())
 
     assert push.read_train_history(str(tmp_path)) == {"007": {"7", "x y"}, "u2": {"7"}}
+
+
+def _artifact(kind, uri, blessed=None):
+    artifact = kind()
+    artifact.uri = str(uri)
+    if blessed is not None:
+        artifact.set_int_custom_property(push.BLESSED_PROPERTY, blessed)
+    return artifact
+
+
+def _push_retrieval(tmp_path, model_uri):
+    pushed = _artifact(standard_artifacts.PushedModel, tmp_path / "pushed")
+    push._push_one(
+        features.RETRIEVAL_MODEL_NAME,
+        _artifact(standard_artifacts.Model, model_uri),
+        _artifact(standard_artifacts.ModelBlessing, tmp_path / "gate", blessed=1),
+        _artifact(standard_artifacts.InfraBlessing, tmp_path / "infra", blessed=1),
+        str(tmp_path / "serving"),
+        pushed,
+    )
+    return pushed
+
+
+def test_push_records_its_source(tmp_path, monkeypatch):
+    monkeypatch.setattr(push.time, "time", lambda: 70.0)
+    source = write_saved_model_stub(tmp_path / "model")
+    model_dir = str(tmp_path / "serving" / "ranking")
+
+    assert push.latest_version_from(model_dir, source) is None
+    version_dir = push.push_saved_model(source, model_dir, None)
+
+    recorded = (tmp_path / "serving/ranking/70" / features.PUSH_SOURCE_FILE).read_text()
+    assert recorded == os.path.abspath(source) + "\n"
+    assert push.latest_version_from(model_dir, source) == version_dir
+    assert push.latest_version_from(model_dir, str(tmp_path / "other")) is None
+
+
+def test_cached_model_not_pushed_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(push.time, "time", lambda: 80.0)
+    write_saved_model_stub(tmp_path / "first" / push.SERVING_MODEL_FOLDER)
+    write_saved_model_stub(tmp_path / "second" / push.SERVING_MODEL_FOLDER)
+
+    first = _push_retrieval(tmp_path, tmp_path / "first")
+    assert first.get_int_custom_property("pushed") == 1
+    assert first.get_string_custom_property("pushed_version") == "80"
+
+    # A rerun with the cached first model: version 80 still serves it.
+    again = _push_retrieval(tmp_path, tmp_path / "first")
+    assert again.get_int_custom_property("pushed") == 0
+    assert again.get_string_custom_property(push.REASON_PROPERTY) == (
+        "version 80 already serves it"
+    )
+    assert os.listdir(tmp_path / "serving" / features.RETRIEVAL_MODEL_NAME) == ["80"]
+
+    second = _push_retrieval(tmp_path, tmp_path / "second")
+    assert second.get_string_custom_property("pushed_version") == "81"

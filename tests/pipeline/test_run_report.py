@@ -438,6 +438,12 @@ def test_baseline_run_compares_with_first_model(runs):
     assert _section(snapshot, run_report.STAGE1)["execution"] == "reused from the cache"
     assert "Transform" in provenance["components reused from the cache"]
 
+    # The cached Stage I model is the one the first run pushed, so it is not pushed again.
+    first_version = _section(runs["first"], run_report.PUSH)[features.RETRIEVAL_MODEL_NAME]
+    assert _section(snapshot, run_report.PUSH)[features.RETRIEVAL_MODEL_NAME] == (
+        f"not pushed: version {os.path.basename(first_version)} already serves it"
+    )
+
 
 @pytest.mark.e2e
 def test_strict_gate_lists_failed_thresholds(runs):

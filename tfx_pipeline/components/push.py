@@ -5,6 +5,10 @@ SavedModel with `assets.extra/tf_serving_warmup_requests`. A version is copied
 into a hidden sibling folder first and renamed into place, so TF Serving (which
 loads only all-digit folder names) never loads a half-written version. TFX's own
 Pusher copies in place and handles one model per component.
+
+Each version records the SavedModel it was copied from. When a rerun's trainer was
+cached, the pusher gets the same model again and does not push it while the latest
+version came from it.
 """
 
 import collections
@@ -48,6 +52,28 @@ def next_version(model_dir: str) -> int:
     if os.path.isdir(model_dir):
         existing = [int(name) for name in os.listdir(model_dir) if name.isdigit()]
     return max([int(time.time()), *[version + 1 for version in existing]])
+
+
+def latest_version_from(model_dir: str, saved_model_dir: str) -> str | None:
+    """Return the latest version folder under `model_dir` if it was copied from `saved_model_dir`.
+
+    Returns:
+      The version folder's path, or None when there is no version yet, or the latest
+      one came from another SavedModel or from a push that recorded no source.
+    """
+    if not os.path.isdir(model_dir):
+        return None
+    versions = [int(name) for name in os.listdir(model_dir) if name.isdigit()]
+    if not versions:
+        return None
+
+    latest = os.path.join(model_dir, str(max(versions)))
+    source_file = os.path.join(latest, features.PUSH_SOURCE_FILE)
+    if not os.path.isfile(source_file):
+        return None
+    with open(source_file, encoding="utf-8") as file:
+        source = file.read().strip()
+    return latest if source == os.path.abspath(saved_model_dir) else None
 
 
 def read_train_history(examples_uri: str) -> dict[str, set[str]]:
@@ -103,6 +129,11 @@ def push_saved_model(
     if user_history is not None:
         history.write_user_history(os.path.join(staging, features.USER_HISTORY_FILE), user_history)
 
+    source_file = os.path.join(staging, features.PUSH_SOURCE_FILE)
+    os.makedirs(os.path.dirname(source_file), exist_ok=True)
+    with open(source_file, "w", encoding="utf-8") as file:
+        file.write(os.path.abspath(saved_model_dir) + "\n")
+
     final = os.path.join(model_dir, str(version))
     os.rename(staging, final)
     return final
@@ -131,6 +162,11 @@ def _push_one(
         _record_push(pushed, None, f"the {name} model was not blessed by its gate")
     elif not is_blessed(serving_blessing):
         _record_push(pushed, None, "serving validation did not bless the models")
+    elif serving := latest_version_from(
+        os.path.join(base_directory, name), os.path.join(model.uri, SERVING_MODEL_FOLDER)
+    ):
+        # A cached trainer hands the same model to a rerun's pusher.
+        _record_push(pushed, None, f"version {os.path.basename(serving)} already serves it")
     else:
         warmup = os.path.join(serving_blessing.uri, "warmup", name)
         destination = push_saved_model(
