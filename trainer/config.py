@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from trainer import config_types
 from transforms import features
 
 SIMILARITIES = ("cosine", "dot")
@@ -121,13 +122,13 @@ class Stage1Config:
 
         Args:
           values: Field names to values; None or {} gives the defaults. Lists are accepted
-            for tuple fields because JSON has no tuples.
+            for tuple fields because JSON has no tuples, and integral floats for counts.
 
         Returns:
           The validated config.
 
         Raises:
-          ValueError: A key is not a field, or a value is out of range.
+          ValueError: A key is not a field, or a value has the wrong type or is out of range.
         """
         values = dict(values or {})
         known = {field.name for field in dataclasses.fields(cls)}
@@ -137,10 +138,7 @@ class Stage1Config:
                 f"Unknown Stage I config keys {unknown}: valid keys are {sorted(known)}"
             )
 
-        for field in dataclasses.fields(cls):
-            if field.name in values and field.type.startswith("tuple"):
-                values[field.name] = tuple(values[field.name])
-        return cls(**values)
+        return cls(**config_types.coerce_json_values(cls, values))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-serializable dict (tuples become lists)."""
@@ -182,6 +180,7 @@ def _require_positive(name: str, value: float) -> None:
 
 
 def _validate(config: Stage1Config) -> None:
+    config_types.check_field_types(config, "Stage I config")
     _require_choice("similarity", config.similarity, SIMILARITIES)
     _require_choice("negative_sampler", config.negative_sampler, NEGATIVE_SAMPLERS)
     _require_choice("optimizer", config.optimizer, OPTIMIZERS)
@@ -205,6 +204,11 @@ def _validate(config: Stage1Config) -> None:
         raise ValueError(
             f"Stage I config num_sampled_negatives={config.num_sampled_negatives} is invalid: "
             "use 0 for in-batch negatives only, or a positive count"
+        )
+    if config.sampler_power < 0:
+        raise ValueError(
+            f"Stage I config sampler_power={config.sampler_power} is invalid: use 0 or more "
+            "(0 samples every item with train engagements alike, 1 by train count)"
         )
     if config.unseen_user_loss_weight < 0:
         raise ValueError(

@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from trainer import config_types
+
 # Stage II variants: how the id embedding tables are initialised and trained.
 FROZEN = "frozen"  # warm-started, not trained; dropout on the id embeddings
 FINETUNE = "finetune"  # warm-started, trained by their own optimizer at a lower rate
@@ -88,11 +90,13 @@ class Stage2Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.deep_layer_sizes = tuple(self.deep_layer_sizes)
+        if isinstance(self.deep_layer_sizes, list):
+            self.deep_layer_sizes = tuple(self.deep_layer_sizes)
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid setting and its valid values."""
+        config_types.check_field_types(self, "Stage II config")
         _check_choice("variant", self.variant, VARIANTS)
         _check_choice("structure", self.structure, STRUCTURES)
         if self.teacher_similarity is not None:
@@ -154,7 +158,7 @@ class Stage2Config:
             raise ValueError(
                 f"unknown Stage II setting(s) {unknown}: valid settings are {sorted(known)}"
             )
-        return cls(**values)
+        return cls(**config_types.coerce_json_values(cls, values))
 
     @classmethod
     def from_json(cls, text: str) -> Stage2Config:

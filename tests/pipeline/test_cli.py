@@ -77,6 +77,10 @@ def test_default_run_is_synthetic():
         (["--train-end", "10"], "need both T1 and T2"),
         (["--frequency-threshold", "item_id=two"], "use N or FEATURE=N"),
         (["--frequency-threshold", "0"], "must be an integer >= 1"),
+        # 0 is a value like any other, not "use the default".
+        (["--stage1-batch-size", "0"], "Stage I config batch_size=0 is invalid"),
+        (["--embedding-dim", "0"], "Stage I config embedding_dim=0 is invalid"),
+        (["--stage2-steps", "0"], "steps_per_epoch=0 is invalid"),
     ],
 )
 def test_invalid_run_options(argv, message):
@@ -114,6 +118,20 @@ def test_benchmark_page_replaces_its_section(tmp_path):
 
     text = page.read_text()
     assert text.startswith("# Benchmarks\n")
-    assert text.count("<!-- bench:transform_bench -->") == 1
+    assert text.count("<!-- bench:transform_bench:quick -->") == 1
+    assert text.count("<!-- /bench:transform_bench:quick -->") == 1
     assert "| 100,000 rows: rows/s | 99 |" in text
     assert "1,234.5" not in text
+
+
+def test_quick_run_keeps_full_size_section(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_markdown({"transform_bench": {"rows/s": 5000.0}}, str(page), False)
+    (section,) = benchmarks.write_markdown({"transform_bench": {"rows/s": 70.0}}, str(page), True)
+
+    text = page.read_text()
+    assert "| rows/s | 5,000.0 |" in text
+    assert section in text
+    assert section.startswith("<!-- bench:transform_bench:quick -->\n## Transform throughput, ")
+    assert "| rows/s | 70 |" in section
+    assert text.index("<!-- bench:transform_bench -->") < text.index(section)

@@ -90,6 +90,41 @@ def test_invalid_values_are_rejected(values, message):
         Stage1Config.from_dict(values)
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"temperature": "0.05"}, "temperature='0.05' is invalid: use a number"),
+        (
+            {"unseen_user_loss_weight": float("nan")},
+            "unseen_user_loss_weight=nan is invalid: use a finite number",
+        ),
+        ({"learning_rate": float("inf")}, "learning_rate=inf is invalid: use a finite number"),
+        ({"batch_size": 2.5}, "batch_size=2.5 is invalid: use an integer"),
+        ({"num_sampled_negatives": True}, "num_sampled_negatives=True is invalid: use an integer"),
+        ({"logq_correction": "false"}, "logq_correction='false' is invalid: use true or false"),
+        (
+            {"query_id_features": "user_country"},
+            "query_id_features='user_country' is invalid: use a list of strings",
+        ),
+        ({"recall_ks": 10}, "recall_ks=10 is invalid: use a list of integers"),
+        ({"recall_ks": ["10"]}, r"recall_ks=\('10',\) is invalid: use a list of integers"),
+        ({"sampler_power": -2}, "sampler_power=-2 is invalid: use 0 or more"),
+    ],
+)
+def test_wrong_types_are_rejected(values, message):
+    with pytest.raises(ValueError, match=f"^Stage I config {message}"):
+        Stage1Config.from_dict(values)
+
+
+def test_integral_floats_become_counts():
+    # protobuf's Struct stores every number as a double, 30 as 30.0.
+    config = Stage1Config.from_dict({"epochs": 30.0, "temperature": 1})
+
+    assert config.epochs == 30
+    assert isinstance(config.epochs, int)
+    assert config.temperature == 1
+
+
 def test_fingerprint_ignores_epochs_but_not_learning_rate():
     base = Stage1Config()
     assert dataclasses.replace(base, epochs=40).training_fingerprint() == (

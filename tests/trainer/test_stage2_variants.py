@@ -70,6 +70,28 @@ def test_config_negative_distillation_weight():
         Stage2Config(distillation_weight=-1.0)
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"steps_per_epoch": 2.5}, "steps_per_epoch=2.5 is invalid: use an integer"),
+        ({"learning_rate": "0.001"}, "learning_rate='0.001' is invalid: use a number"),
+        ({"use_popularity_bucket": 1}, "use_popularity_bucket=1 is invalid: use true or false"),
+        ({"deep_layer_sizes": "256"}, "deep_layer_sizes='256' is invalid: use a list of integers"),
+    ],
+)
+def test_config_wrong_types(values, message):
+    with pytest.raises(ValueError, match=re.escape(f"Stage II config {message}")):
+        Stage2Config.from_dict(values)
+
+
+def test_config_optional_counts_accept_none_and_json_floats():
+    config = Stage2Config.from_dict({"steps_per_epoch": None, "eval_steps": 20.0})
+
+    assert config.steps_per_epoch is None
+    assert config.eval_steps == 20
+    assert config.deep_layer_sizes == (256, 128)
+
+
 def test_optimizers_per_variant():
     dense, table = ranker_lib.build_optimizers(Stage2Config(variant="finetune"))
     _, full_table = ranker_lib.build_optimizers(Stage2Config(variant="full"))

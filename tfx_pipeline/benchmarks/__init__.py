@@ -5,9 +5,10 @@ defines `run(output_dir: str, quick: bool) -> dict[str, object]`, returning its
 figures by name. An optional module constant TITLE names its section, and NOTES
 (Markdown) describes what it measures. Add a module and `idpt bench` picks it up.
 
-BENCHMARKS.md keeps one section per module between `<!-- bench:NAME -->` and
-`<!-- /bench:NAME -->` markers; a run replaces the sections of the modules it ran
-and leaves the others as they were.
+BENCHMARKS.md keeps one section per module and size between `<!-- bench:KEY -->` and
+`<!-- /bench:KEY -->` markers, where KEY is NAME for the full sizes and NAME:quick for
+--quick. A run replaces the sections of the modules and size it ran and leaves the others
+as they were, so a quick run never overwrites full-size figures.
 """
 
 from __future__ import annotations
@@ -65,24 +66,34 @@ def run_all(output_dir: str, quick: bool, only: Iterable[str] = ()) -> dict[str,
     return results
 
 
-def write_markdown(results: Mapping[str, Mapping[str, Any]], path: str, quick: bool) -> None:
-    """Write or update `path` with one section per module in `results`."""
+def write_markdown(results: Mapping[str, Mapping[str, Any]], path: str, quick: bool) -> list[str]:
+    """Write or update `path` with one section per module in `results`.
+
+    Returns:
+      The sections written, as Markdown.
+    """
     text = _HEADER
     if os.path.exists(path):
         with open(path, encoding="utf-8") as file:
             text = file.read()
+
+    sections = []
     for name, figures in results.items():
-        section = _section(name, figures, quick)
-        pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->\n", re.DOTALL)
+        marker = f"{name}:quick" if quick else name
+        section = _section(marker, name, figures, quick)
+        pattern = re.compile(rf"<!-- bench:{marker} -->.*?<!-- /bench:{marker} -->\n", re.DOTALL)
         if pattern.search(text):
             text = pattern.sub(lambda _, new=section: new, text)
         else:
             text = text.rstrip("\n") + "\n\n" + section
+        sections.append(section)
+
     with open(path, "w", encoding="utf-8") as file:
         file.write(text)
+    return sections
 
 
-def _section(name: str, figures: Mapping[str, Any], quick: bool) -> str:
+def _section(marker: str, name: str, figures: Mapping[str, Any], quick: bool) -> str:
     module = importlib.import_module(f"{__name__}.{name}")
     title = getattr(module, "TITLE", name)
     notes = getattr(module, "NOTES", "").strip()
@@ -91,13 +102,13 @@ def _section(name: str, figures: Mapping[str, Any], quick: bool) -> str:
         f"Python {platform.python_version()}"
     )
     date = datetime.date.today().isoformat()
-    lines = [f"<!-- bench:{name} -->", f"## {title}", ""]
+    lines = [f"<!-- bench:{marker} -->", f"## {title}{', quick sizes' if quick else ''}", ""]
     if notes:
         lines += [notes, ""]
     lines += [f"Measured {date} on {machine}{' (--quick)' if quick else ''}.", ""]
     lines += ["| figure | value |", "|---|---|"]
     lines += [f"| {key} | {_format(value)} |" for key, value in figures.items()]
-    lines += [f"<!-- /bench:{name} -->", ""]
+    lines += [f"<!-- /bench:{marker} -->", ""]
     return "\n".join(lines)
 
 
