@@ -331,12 +331,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from absl import logging
+    import logging
 
     from tfx_pipeline import benchmarks
 
     # Progress lines, because the full Stage I benchmark alone took 9 minutes on 2 cores.
-    logging.set_verbosity(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    benchmarks.LOGGER.addHandler(handler)
+    benchmarks.LOGGER.setLevel(logging.INFO)
+    benchmarks.LOGGER.propagate = False
     results = benchmarks.run_all(args.output, quick=args.quick, only=args.only)
     sections = benchmarks.write_markdown(results, args.markdown, quick=args.quick)
     sys.stdout.write("\n".join(sections))

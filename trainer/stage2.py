@@ -334,6 +334,7 @@ def train(
     export_dir = find_embedding_export(base_model)
     scan = stage2_data.scan_train_split(train_files, tft_output)
     model, counts, calibration = build_model(config, tft_output, export_dir, scan)
+    _log_warm_start(counts, calibration)
     history = fit_ranker(model, config, tft_output, train_files, train_steps, callbacks)
     return Stage2Result(
         ranker=model.ranker,
@@ -344,6 +345,23 @@ def train(
         history=history,
         scan=scan,
     )
+
+
+def _log_warm_start(
+    counts: Sequence[warm_start.WarmStartCounts], calibration: dict[str, Any]
+) -> None:
+    for table in counts:
+        logging.info(
+            "Stage II warm start of table %s: %d rows copied, %d initialised, %d ignored, "
+            "%d OOV rows copied",
+            table.table,
+            table.copied,
+            table.initialised,
+            table.ignored,
+            table.oov_rows_copied,
+        )
+    if calibration:
+        logging.info("Stage II teacher calibration: %s", calibration)
 
 
 class _EpochLogger(tf.keras.callbacks.Callback):
@@ -372,19 +390,6 @@ def run_fn(fn_args: Any) -> None:
         train_steps=fn_args.train_steps,
         callbacks=[_EpochLogger()],
     )
-    for counts in result.warm_start_counts:
-        logging.info(
-            "Stage II warm start of table %s: %d rows copied, %d initialised, %d ignored, "
-            "%d OOV rows copied",
-            counts.table,
-            counts.copied,
-            counts.initialised,
-            counts.ignored,
-            counts.oov_rows_copied,
-        )
-    if result.calibration:
-        logging.info("Stage II teacher calibration: %s", result.calibration)
-
     eval_metrics = {}
     if fn_args.eval_files:
         eval_metrics = evaluate(config, tft_output, result, fn_args.eval_files, fn_args.eval_steps)

@@ -26,7 +26,7 @@ def test_stage1_bench_reports_every_setup(tmp_path):
         assert figures[f"{label}: examples/s"] > 0
         # Each peak comes from the setup's own process, which contains TensorFlow
         # (hundreds of MiB) and grows from there.
-        assert figures[f"{label}: RSS growth after import, MiB"] >= 0
+        assert figures[f"{label}: RSS growth while training, MiB"] >= 0
         assert figures[f"{label}: peak RSS, MiB"] > 100
 
     bare = figures["tfrs bare Retrieval: examples/s"]

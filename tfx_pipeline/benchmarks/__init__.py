@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import logging
 import os
 import pkgutil
 import platform
@@ -23,7 +24,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from absl import logging
+# Progress lines of the benchmarks. `idpt bench` shows this logger's INFO lines without
+# turning on the INFO lines of TFX and Beam.
+LOGGER = logging.getLogger("idpt.bench")
 
 _SUFFIX = "_bench"
 _HEADER = (
@@ -56,13 +59,13 @@ def run_all(output_dir: str, quick: bool, only: Iterable[str] = ()) -> dict[str,
         raise ValueError(f"unknown benchmark modules {unknown}: available are {names}.")
     results = {}
     for number, name in enumerate(selected, start=1):
-        logging.info("Benchmark %d of %d: %s started.", number, len(selected), name)
+        LOGGER.info("Benchmark %d of %d: %s started.", number, len(selected), name)
         start = time.perf_counter()
         module = importlib.import_module(f"{__name__}.{name}")
         folder = os.path.join(os.path.abspath(output_dir), "bench", name)
         os.makedirs(folder, exist_ok=True)
         results[name] = module.run(folder, quick)
-        logging.info("Benchmark %s finished in %.0f s.", name, time.perf_counter() - start)
+        LOGGER.info("Benchmark %s finished in %.0f s.", name, time.perf_counter() - start)
     return results
 
 
