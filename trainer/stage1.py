@@ -126,10 +126,11 @@ def train_and_export(fn_args, on_epoch_end: EpochCallback | None = None) -> Stag
     # Python, NumPy and TensorFlow global seeds: table initialisers and sampling draw from
     # them, so a run's result must not depend on what ran before in the same process.
     tf.keras.utils.set_random_seed(config.seed)
-    checkpoint_dir = checkpoint_dir_for(config, inputs, fn_args.model_run_dir)
     strategy = tables.create_strategy(
         config.distribution, config.tpu_address, config.max_shard_bytes
     )
+    table_kind = tables.select_table_kind(tables.strategy_kind(strategy), config.table_backend)
+    checkpoint_dir = checkpoint_dir_for(config, inputs, fn_args.model_run_dir, table_kind)
     data = prepare_data(config, inputs)
     model = build_model(config, data, strategy)
     logging.info(
@@ -190,7 +191,9 @@ def inputs_from_fn_args(fn_args) -> Stage1Inputs:
     )
 
 
-def checkpoint_dir_for(config: Stage1Config, inputs: Stage1Inputs, model_run_dir: str) -> str:
+def checkpoint_dir_for(
+    config: Stage1Config, inputs: Stage1Inputs, model_run_dir: str, table_kind: str
+) -> str:
     """Return the stable checkpoint folder of a run, keyed by its inputs and config.
 
     Args:
@@ -200,6 +203,9 @@ def checkpoint_dir_for(config: Stage1Config, inputs: Stage1Inputs, model_run_dir
       model_run_dir: The Trainer's `<pipeline root>/<component>/model_run/<execution>`;
         without a configured root, checkpoints go to `<pipeline root>/<component>/` +
         CHECKPOINTS_FOLDER.
+      table_kind: The tables' TABLE_KIND_*, part of the key: TPUEmbedding and Keras tables
+        write different checkpoints, and the distribution that decides it is not in the
+        fingerprint.
 
     Returns:
       `<root>/<16 hex digits>`.
@@ -215,6 +221,7 @@ def checkpoint_dir_for(config: Stage1Config, inputs: Stage1Inputs, model_run_dir
             "eval_files": sorted(inputs.eval_files),
             "transform_output": inputs.transform_output,
             "config": config.training_fingerprint(),
+            "table_kind": table_kind,
         },
         sort_keys=True,
     )
@@ -380,7 +387,7 @@ def train(
         model=model, optimizer=model.optimizer, epoch=epoch, history=history_json
     )
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
-    _restore(checkpoint, manager, checkpoint_dir)
+    _restore(checkpoint, manager, checkpoint_dir, config.epochs)
     _write_inputs_note(checkpoint_dir, config)
 
     history = json.loads(history_json.numpy().decode())
@@ -404,18 +411,29 @@ def train(
 
 
 def _restore(
-    checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager, checkpoint_dir: str
+    checkpoint: tf.train.Checkpoint,
+    manager: tf.train.CheckpointManager,
+    checkpoint_dir: str,
+    epochs: int,
 ) -> None:
     if manager.latest_checkpoint is None:
         logging.info("Stage I starts at epoch 1; checkpoints go to %s", checkpoint_dir)
         return
     status = checkpoint.restore(manager.latest_checkpoint)
     status.assert_existing_objects_matched()
-    logging.info(
-        "Stage I resumes from %s after epoch %d",
-        manager.latest_checkpoint,
-        int(checkpoint.epoch.numpy()),
-    )
+
+    # `epochs` is not part of the checkpoint key, so that raising it resumes. A checkpoint
+    # past the configured epochs would export a model trained longer than the config records.
+    finished = int(checkpoint.epoch.numpy())
+    if finished > epochs:
+        raise ValueError(
+            f"Stage I config epochs={epochs}, but the checkpoint in {checkpoint_dir} has "
+            f"already trained {finished} epochs with the same inputs and settings: set "
+            f"epochs to {finished} or more to reuse it, or set checkpoint_dir to an empty "
+            "folder to train from scratch"
+        )
+
+    logging.info("Stage I resumes from %s after epoch %d", manager.latest_checkpoint, finished)
 
 
 def _write_inputs_note(checkpoint_dir: str, config: Stage1Config) -> None:

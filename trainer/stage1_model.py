@@ -54,7 +54,9 @@ def sampler_probabilities(config: Stage1Config, item_counts: np.ndarray) -> np.n
     """
     if config.negative_sampler == "uniform":
         return np.full(len(item_counts), 1.0 / len(item_counts))
-    weights = np.power(item_counts.astype(np.float64), config.sampler_power)
+    counts = item_counts.astype(np.float64)
+    # Items without train engagements are never sampled, also at power 0, where 0 ** 0 = 1.
+    weights = np.where(counts > 0, np.power(counts, config.sampler_power), 0.0)
     return weights / weights.sum()
 
 

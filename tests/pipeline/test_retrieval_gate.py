@@ -19,15 +19,16 @@ CONFIG = gate.RetrievalGateConfig(recall_k=50, floor=0.10, tolerance=0.02)
 @pytest.mark.parametrize(
     "recall, baseline, blessed, reason",
     [
-        # First run: the floor alone decides, and the floor itself passes.
-        (0.10, None, True, "recall@50 0.1000 meets the floor 0.1000; there is no blessed"),
-        (0.0999, None, False, "recall@50 0.0999 is below the floor 0.1000"),
+        # First run: the floor alone decides, and recall must be above it.
+        (0.1001, None, True, "recall@50 0.1001 is above the floor 0.1000; there is no blessed"),
+        (0.10, None, False, "recall@50 0.1000 is not above the floor 0.1000"),
+        (0.0999, None, False, "recall@50 0.0999 is not above the floor 0.1000"),
         # 0.20 - 0.02 = 0.18: a drop to 0.18 passes, to 0.17 fails.
-        (0.18, 0.20, True, "recall@50 0.1800 meets the floor 0.1000 and is within the tolerance"),
+        (0.18, 0.20, True, "recall@50 0.1800 is above the floor 0.1000 and is within the"),
         (0.17, 0.20, False, "recall@50 0.1700 is more than the tolerance 0.0200 below the last"),
-        (0.25, 0.20, True, "recall@50 0.2500 meets the floor"),
+        (0.25, 0.20, True, "recall@50 0.2500 is above the floor"),
         # Below the floor fails even when far above the baseline.
-        (0.09, 0.01, False, "recall@50 0.0900 is below the floor 0.1000"),
+        (0.09, 0.01, False, "recall@50 0.0900 is not above the floor 0.1000"),
     ],
 )
 def test_decide(recall, baseline, blessed, reason):
@@ -68,7 +69,7 @@ def test_first_run_blessed_by_floor(tmp_path):
     with open(os.path.join(blessing.uri, gate.GATE_RESULT_FILE)) as source:
         result = json.load(source)
     assert result["blessed"] is True
-    assert result["reason"].startswith("recall@50 0.1500 meets the floor 0.1000; there is no")
+    assert result["reason"].startswith("recall@50 0.1500 is above the floor 0.1000; there is no")
 
 
 def test_drop_beyond_tolerance_not_blessed(tmp_path):

@@ -475,7 +475,7 @@ def test_gate_failure_skips_stage2_sections(runs):
     plots = _section(snapshot, run_report.PLOTS)
 
     assert gate["blessed"] is False
-    assert gate["reason"].endswith("is below the floor 1.0000")
+    assert gate["reason"].endswith("is not above the floor 1.0000")
     reason = (
         f"the retrieval gate did not bless the Stage I model ({gate['reason']}), "
         "so the run stopped before Stage II"

@@ -197,9 +197,11 @@ def test_sampled_negatives_use_sampler_probability():
     np.testing.assert_allclose(values, expected, rtol=1e-4)
 
 
-def test_batch_of_one_row():
+@pytest.mark.parametrize("one_embedding_per_id", [False, True])
+def test_batch_of_one_row(one_embedding_per_id):
     # One row and no sampled negatives: the softmax over one column is 1, the loss 0.
-    np.testing.assert_allclose(loss_of([[0.3, 0.4]], [[0.6, 0.8]], [5]), [0.0], atol=1e-7)
+    values = loss_of([[0.3, 0.4]], [[0.6, 0.8]], [5], one_embedding_per_id=one_embedding_per_id)
+    np.testing.assert_allclose(values, [0.0], atol=1e-7)
 
     # With two sampled negatives the row has three columns; compare with the reference.
     sampled = [[0.0, 1.0], [1.0, 0.0]]
@@ -210,12 +212,51 @@ def test_batch_of_one_row():
         sampled_embeddings=tf.constant(sampled),
         sampled_ids=tf.constant([6, 7], tf.int64),
         temperature=0.1,
+        one_embedding_per_id=one_embedding_per_id,
     )
     expected = reference_loss([[0.3, 0.4]], [[0.6, 0.8]], [5], None, sampled, [6, 7], None, 0.1)
     np.testing.assert_allclose(values, expected, rtol=1e-5)
 
 
-def test_short_batch_in_one_traced_function():
+def test_batch_of_one_row_with_shared_query():
+    # The training step's shape at batch size 1: one row, one sampled copy of its own item
+    # (an accidental hit), and the shared OOV query. Both rows see the columns [5, 5, 6].
+    query = tf.constant([[0.3, 0.4]])
+    candidates = tf.constant([[0.6, 0.8]])
+    sampled = tf.constant([[0.6, 0.8], [1.0, 0.0]])
+    shared = tf.constant([0.5, -0.5])
+    arguments = {
+        "candidate_sampling_probability": tf.constant([0.2]),
+        "sampled_embeddings": sampled,
+        "sampled_ids": tf.constant([5, 6], tf.int64),
+        "sampled_probability": tf.constant([0.4, 0.1]),
+        "temperature": 0.1,
+        "shared_query_embedding": shared,
+    }
+    for one_embedding_per_id in (False, True):
+        values, shared_values = losses.contrastive_losses(
+            query,
+            candidates,
+            tf.constant([5], tf.int64),
+            one_embedding_per_id=one_embedding_per_id,
+            **arguments,
+        )
+        for row_query, result in ((query.numpy(), values), ([shared.numpy()], shared_values)):
+            expected = reference_loss(
+                row_query,
+                candidates.numpy(),
+                [5],
+                [0.2],
+                sampled.numpy(),
+                [5, 6],
+                [0.4, 0.1],
+                0.1,
+            )
+            np.testing.assert_allclose(result.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("one_embedding_per_id", [False, True])
+def test_short_batch_in_one_traced_function(one_embedding_per_id):
     # One tf.function with an unknown batch size serves a full batch, a short last batch
     # and a batch of one, as the training loop's compiled step does.
     @tf.function(
@@ -228,15 +269,23 @@ def test_short_batch_in_one_traced_function():
     )
     def loss(query, candidates, ids, probability):
         return losses.contrastive_loss(
-            query, candidates, ids, candidate_sampling_probability=probability, temperature=0.05
+            query,
+            candidates,
+            ids,
+            candidate_sampling_probability=probability,
+            temperature=0.05,
+            one_embedding_per_id=one_embedding_per_id,
         )
 
     rng = np.random.default_rng(2)
+    # Candidates read from a table by id, so equal ids have equal embeddings, as the fast
+    # path requires.
+    table = rng.normal(size=(2, 3)).astype(np.float32)
     for rows in (4, 3, 1):
         query = rng.normal(size=(rows, 3)).astype(np.float32)
-        candidates = rng.normal(size=(rows, 3)).astype(np.float32)
         ids = rng.integers(0, 2, size=rows)
-        probability = rng.uniform(0.1, 0.5, size=rows).astype(np.float32)
+        candidates = table[ids]
+        probability = np.array([0.3, 0.1], np.float32)[ids]
         values = loss(query, candidates, ids, probability).numpy()
         expected = reference_loss(query, candidates, ids, probability, temperature=0.05)
         np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-5)
@@ -409,7 +458,7 @@ def test_keyed_loss_by_hand():
     # Row 1 logits: [masked, 1 + ln 4, ln 4]: log(4e + 4) - 1 - ln 4 = log(14.873127) - 2.386294
     #   = 0.313262.
     # Row 2 logits: [ln 2, ln 4, 1 + ln 4]: log(2 + 4 + 4e) - 1 - ln 4 = log(16.873127)
-    #   - 2.386294 = 0.439364.
+    #   - 2.386294 = 0.439428.
     vectors = [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
     values = loss_of(
         vectors,

@@ -199,6 +199,29 @@ def test_history_and_config_saved_beside_model(trained):
     assert stage1.read_history(fn_args.serving_model_dir) == history
 
 
+def test_fewer_epochs_than_checkpoint_rejected(trained):
+    fn_args, result, _ = trained
+    pipeline_root = os.path.dirname(os.path.dirname(os.path.dirname(fn_args.model_run_dir)))
+    rerun = make_fn_args(
+        fn_args.train_files[0],
+        fn_args.eval_files[0],
+        fn_args.transform_output,
+        pipeline_root,
+        2,
+        dict(FAST_CONFIG, epochs=1),
+    )
+
+    expected = (
+        f"Stage I config epochs=1, but the checkpoint in {result.checkpoint_dir} has already "
+        "trained 2 epochs with the same inputs and settings: set epochs to 2 or more to reuse "
+        "it, or set checkpoint_dir to an empty folder to train from scratch"
+    )
+    with pytest.raises(ValueError) as raised:
+        stage1.train_and_export(rerun)
+    assert str(raised.value) == expected
+    assert not os.path.exists(rerun.serving_model_dir)
+
+
 def test_metrics_written_to_tensorboard(trained):
     fn_args, result, _ = trained
     values: dict[str, dict[int, float]] = {}

@@ -104,6 +104,11 @@ def test_sampler_probabilities():
     np.testing.assert_allclose(
         sampler_probabilities(power, np.array([4.0, 1.0, 0.0])), [2 / 3, 1 / 3, 0.0]
     )
+    # count ** 0: every item with engagements alike, and none for the item without.
+    flat = Stage1Config(negative_sampler="count_power", sampler_power=0.0)
+    np.testing.assert_allclose(
+        sampler_probabilities(flat, np.array([4.0, 1.0, 0.0])), [1 / 2, 1 / 2, 0.0]
+    )
 
 
 def test_sampled_negatives_follow_sampler():

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from stage1_testdata import FAST_CONFIG, make_fn_args, transformed_log
 
-from trainer import embedding_export, stage1
+from trainer import embedding_export, stage1, tables
 from trainer.config import Stage1Config
 from trainer.stage1_data import Stage1Inputs
 from transforms import features
@@ -72,8 +72,9 @@ def test_killed_run_resumes_at_next_epoch(tmp_path):
     assert not os.path.exists(first.serving_model_dir)  # killed before the export
 
     inputs = Stage1Inputs(tuple(first.train_files), tuple(first.eval_files), first.transform_output)
+    config = Stage1Config.from_dict(CONFIG)
     checkpoint_dir = stage1.checkpoint_dir_for(
-        Stage1Config.from_dict(CONFIG), inputs, first.model_run_dir
+        config, inputs, first.model_run_dir, tables.TABLE_KIND_DEFAULT
     )
     reader = tf.train.load_checkpoint(checkpoint_dir)
     assert reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE") == KILL_AFTER_EPOCH
@@ -85,10 +86,17 @@ def test_killed_run_resumes_at_next_epoch(tmp_path):
         log.train_pattern, log.eval_pattern, log.transform_output, pipeline_root, 2, CONFIG
     )
     assert (
-        stage1.checkpoint_dir_for(Stage1Config.from_dict(CONFIG), inputs, second.model_run_dir)
+        stage1.checkpoint_dir_for(config, inputs, second.model_run_dir, tables.TABLE_KIND_DEFAULT)
         == checkpoint_dir
     )
     assert not checkpoint_dir.startswith(os.path.dirname(os.path.dirname(first.serving_model_dir)))
+    # TPUEmbedding tables write other checkpoint keys, so they get a folder of their own.
+    assert (
+        stage1.checkpoint_dir_for(
+            config, inputs, second.model_run_dir, tables.TABLE_KIND_TPU_EMBEDDING
+        )
+        != checkpoint_dir
+    )
 
     resumed = _run_worker(second, tmp_path / "epochs-resumed", 0)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -2,7 +2,7 @@
 
 A Stage I model is blessed when both hold:
 
-  1. recall@K >= floor;
+  1. recall@K > floor;
   2. recall@K >= baseline recall@K - tolerance, where the baseline is the latest Stage I
      model this gate blessed before. A first run, without a blessed baseline, is decided by
      the floor alone.
@@ -42,7 +42,8 @@ class RetrievalGateConfig:
 
     Attributes:
       recall_k: K of the recall@K that decides; must be among the Stage I `recall_ks`.
-      floor: Lowest recall@K that can be blessed (inclusive).
+      floor: recall@K must be above it (exclusive), so a floor of 0 rejects a model that
+        retrieves nothing.
       tolerance: Largest absolute drop of recall@K below the last blessed Stage I model.
     """
 
@@ -114,13 +115,13 @@ def decide(
       The decision and its reason.
     """
     name = retrieval_metrics.recall_metric_name(config.recall_k)
-    if recall < config.floor:
-        reason = f"{name} {recall:.4f} is below the floor {config.floor:.4f}"
+    if recall <= config.floor:
+        reason = f"{name} {recall:.4f} is not above the floor {config.floor:.4f}"
         return GateDecision(False, reason, recall, baseline_recall)
 
     if baseline_recall is None:
         reason = (
-            f"{name} {recall:.4f} meets the floor {config.floor:.4f}; there is no blessed "
+            f"{name} {recall:.4f} is above the floor {config.floor:.4f}; there is no blessed "
             "Stage I model to compare with, so the floor decides"
         )
         return GateDecision(True, reason, recall, None)
@@ -135,7 +136,7 @@ def decide(
         return GateDecision(False, reason, recall, baseline_recall)
 
     reason = (
-        f"{name} {recall:.4f} meets the floor {config.floor:.4f} and is within the tolerance "
+        f"{name} {recall:.4f} is above the floor {config.floor:.4f} and is within the tolerance "
         f"{config.tolerance:.4f} of the last blessed Stage I model's {baseline_recall:.4f}"
     )
     return GateDecision(True, reason, recall, baseline_recall)
