@@ -44,6 +44,8 @@ from transforms import features, keras_guard
 
 CHECKPOINTS_FOLDER = "stage1_checkpoints"
 INPUTS_FILE = "inputs.json"
+# Under the checkpoint folder: where TPU-trained tables are saved to be read on the host.
+TPU_HOST_COPY_FOLDER = "tpu_host_copy"
 
 EpochCallback = Callable[[int, dict, Stage1Model], None]
 
@@ -133,6 +135,8 @@ def train_and_export(fn_args, on_epoch_end: EpochCallback | None = None) -> Stag
     checkpoint_dir = checkpoint_dir_for(config, inputs, fn_args.model_run_dir, table_kind)
     data = prepare_data(config, inputs)
     model = build_model(config, data, strategy)
+    if isinstance(model.tables, tables.TpuEmbeddingTables):
+        model.tables.host_copy_dir = os.path.join(checkpoint_dir, TPU_HOST_COPY_FOLDER)
     logging.info(
         "Stage I: %d engaged train rows, %d users, %d items, table kind %s, strategy %s",
         data.num_train_rows,
@@ -457,7 +461,8 @@ def _fit_one_epoch(
         seed=epoch_seed(config.seed, index),
         reshuffle_each_iteration=False,
     )
-    dataset = dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(config.batch_size, drop_remainder=_on_tpu(strategy))
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
 
     fit_options = {}
     if tables.strategy_kind(strategy) == tables.STRATEGY_PARAMETER_SERVER:
@@ -468,6 +473,12 @@ def _fit_one_epoch(
 
     logs = model.fit(dataset, epochs=index + 1, initial_epoch=index, verbose=0, **fit_options)
     return float(logs.history["loss"][-1])
+
+
+def _on_tpu(strategy: tf.distribute.Strategy) -> bool:
+    # A TPU compiles the step for one batch shape, so a short last batch is dropped there.
+    # NOTE: never run on a TPU; elsewhere every row trains and the last batch may be short.
+    return tables.strategy_kind(strategy) == tables.STRATEGY_TPU
 
 
 def evaluate(config: Stage1Config, model: Stage1Model, data: PreparedData) -> dict:
@@ -484,7 +495,9 @@ def evaluate(config: Stage1Config, model: Stage1Model, data: PreparedData) -> di
     if in_vocabulary.any():
         in_vocabulary_columns = {key: value[in_vocabulary] for key, value in columns.items()}
         dataset = tf.data.Dataset.from_tensor_slices(in_vocabulary_columns)
-        dataset = dataset.batch(config.batch_size)
+        dataset = dataset.batch(
+            config.batch_size, drop_remainder=_on_tpu(model.distribute_strategy)
+        )
         eval_loss = float(model.evaluate(dataset, verbose=0, return_dict=True)["loss"])
 
     metrics = retrieval_metrics.evaluate_recall(

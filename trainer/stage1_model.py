@@ -242,6 +242,8 @@ class Stage1Model(tf.keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, batch: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        # The eval loss is the training objective, sampled negatives and the unseen-user
+        # term included, so with M > 0 it varies with the sampler's draws.
         weights = tf.cast(batch[features.WEIGHT], tf.float32)
         per_example = self.per_example_loss(batch)
         self.loss_tracker.update_state(per_example, sample_weight=weights)
@@ -249,8 +251,7 @@ class Stage1Model(tf.keras.Model):
 
     def build_tables(self) -> None:
         """Create the table variables, so a checkpoint can restore them before training."""
-        for key in (*self.query_keys, *self.candidate_keys):
-            self.tables.table_values(key)
+        self.tables.create_variables()
 
     def _tower_matrix(self, id_key: str, side_keys: tuple[str, ...]) -> tf.Tensor:
         summed = self.tables.table_values(id_key)

@@ -13,6 +13,8 @@ Every kind looks up a dict of features, `{feature name: [N] int ids}` to
 `{feature name: [N, D] embeddings}`, where several features may share one table (the
 positives and the sampled negatives share the item table). `table_values` returns a table's
 full matrix for evaluation and export, so the exported rows have one format whatever the kind.
+Under a TPUStrategy it reads the tables through a checkpoint, because TensorFlow does not
+expose TPU-trained tables otherwise.
 
 TPUEmbedding also builds outside a TPUStrategy: it then looks up through
 `tf.tpu.experimental.embedding.TPUEmbeddingForServing` with ordinary variables, which keeps
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
@@ -243,6 +247,11 @@ class EmbeddingTables(tf.keras.layers.Layer):
         self.specs = {spec.name: spec for spec in specs}
         self.feature_tables = dict(feature_tables)
 
+    def create_variables(self) -> None:
+        """Create the table variables now, so a checkpoint can restore them before training."""
+        for name in self.specs:
+            self.table_values(name)
+
     def table_values(self, name: str) -> tf.Tensor:
         """Return table `name` as a [rows, dimension] float32 tensor."""
         raise NotImplementedError
@@ -321,9 +330,17 @@ class TpuEmbeddingTables(EmbeddingTables):
             )
             for feature, table in self.feature_tables.items()
         }
-        # Kept out of Keras tracking: TableConfig objects are not trackable.
+        # Kept out of Keras tracking: TableConfig objects are not trackable, and the
+        # optimizer belongs to the model.
         self._table_configs = tf.Module()._no_dependency(table_configs)
+        self._feature_config = tf.Module()._no_dependency(feature_config)
+        self._optimizer = tf.Module()._no_dependency(optimizer)
         self.tpu_embedding = tfrs.layers.embedding.TPUEmbedding(feature_config, optimizer)
+        self.on_tpu = strategy_kind(tf.distribute.get_strategy()) == STRATEGY_TPU
+        # Where `read_through_checkpoint` writes, or empty for a temporary folder. The trainer
+        # sets it under the checkpoint folder, which every TPU host can already reach.
+        self.host_copy_dir = ""
+        self._host_copy = _HostCopy(step=-1, tables={})
 
     def call(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         # The TPUEmbedding layer needs every configured feature in every call.
@@ -339,14 +356,77 @@ class TpuEmbeddingTables(EmbeddingTables):
             )
         return self.tpu_embedding.embedding_tables
 
+    def create_variables(self) -> None:
+        # Under a TPUStrategy the layer can only run inside `strategy.run`, so its tables
+        # appear at the first training step. A checkpoint restore waits for them until then.
+        if not self.on_tpu:
+            super().create_variables()
+
     def table_values(self, name: str) -> tf.Tensor:
-        # NOTE: under a TPUStrategy this is the host copy, which TPUEmbedding refreshes only
-        # when a checkpoint is saved. The trainer saves after each epoch's evaluation, so on
-        # TPU an epoch's eval reads the previous epoch's tables (untested on TPU hardware).
+        # TPUEmbedding keeps a TPU-trained table on the TPU, and TensorFlow refuses to read
+        # it outside a save, so the values come through a checkpoint.
+        if self.on_tpu:
+            step = int(self._optimizer.iterations.numpy())
+            if self._host_copy.step != step:
+                self._host_copy = _HostCopy(step, self.read_through_checkpoint())
+            return self._host_copy.tables[name]
         return tf.convert_to_tensor(self._tables()[self._table_configs[name]])
 
     def table_variables(self, name: str) -> list[tf.Variable]:
         return [self._tables()[self._table_configs[name]]]
+
+    def read_through_checkpoint(self) -> dict[str, tf.Tensor]:
+        """Read every table by saving it and restoring it into a serving-lookup copy.
+
+        This is how `table_values` reads TPU-trained tables, following TensorFlow's advice
+        for `TPUEmbedding.embedding_tables`: save, create the object under a CPU strategy,
+        restore. It works outside a TPUStrategy too, where the tests run it.
+
+        NOTE: never run on a TPU. The SparseCore embedding of newer TPUs stacks tables in
+        its checkpoints, which this copy may not restore.
+
+        Returns:
+          Table name to its [rows, dimension] float32 tensor.
+
+        Raises:
+          RuntimeError: Called inside a strategy scope, or before the tables exist.
+        """
+        import tensorflow_recommenders as tfrs
+
+        if tf.distribute.has_strategy():
+            raise RuntimeError(
+                "Reading TPUEmbedding tables through a checkpoint needs the default "
+                f"strategy, but {type(tf.distribute.get_strategy()).__name__} is in scope: "
+                "call it outside `strategy.scope()`"
+            )
+        if not self.tpu_embedding.built:
+            raise RuntimeError(
+                "The TPUEmbedding tables do not exist yet: under a TPUStrategy they are "
+                "created at the first training step"
+            )
+
+        with tempfile.TemporaryDirectory(prefix="idpt-tpu-tables-") as scratch:
+            directory = self.host_copy_dir or scratch
+            path = tf.train.Checkpoint(tables=self.tpu_embedding).write(
+                os.path.join(directory, "tables")
+            )
+            # Outside a TPUStrategy the copy looks up through TPUEmbeddingForServing, with
+            # ordinary variables and, without an optimizer, no slots to restore.
+            host = tfrs.layers.embedding.TPUEmbedding(self._feature_config, optimizer=None)
+            host({feature: tf.zeros([1], tf.int64) for feature in self.feature_tables})
+            tf.train.Checkpoint(tables=host).read(path).expect_partial()
+            host_tables = host.embedding_tables
+            return {
+                name: tf.convert_to_tensor(host_tables[config])
+                for name, config in self._table_configs.items()
+            }
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostCopy:
+    # The tables read through a checkpoint, and the optimizer step they were read at.
+    step: int
+    tables: dict[str, tf.Tensor]
 
 
 def create_strategy(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -153,6 +155,25 @@ def test_tpu_embedding_exports_like_keras(tmp_path, keras_run):
     # The legacy optimizer keeps one Adagrad accumulator per TPUEmbedding table.
     for variable in result.model.tables.table_variables(features.USER_ID):
         assert result.model.optimizer.get_slot(variable, "accumulator").shape == variable.shape
+
+
+def test_tpu_tables_read_through_checkpoint(tmp_path):
+    fn_args, result = _train(tmp_path, table_backend="tpu_embedding")
+    trained = result.model.tables
+    assert not trained.on_tpu
+    assert trained.host_copy_dir == os.path.join(result.checkpoint_dir, stage1.TPU_HOST_COPY_FOLDER)
+
+    # The path table_values takes under a TPUStrategy, here run on CPU.
+    trained.host_copy_dir = str(tmp_path / "host-copy")
+    read = trained.read_through_checkpoint()
+    assert sorted(read) == [features.ITEM_ID, features.USER_ID]
+    for key, values in read.items():
+        np.testing.assert_array_equal(values.numpy(), trained.table_values(key).numpy())
+    assert tf.io.gfile.glob(str(tmp_path / "host-copy" / "tables*.index"))
+
+    in_scope = pytest.raises(RuntimeError, match="^Reading TPUEmbedding tables through a")
+    with tf.distribute.MirroredStrategy().scope(), in_scope:
+        trained.read_through_checkpoint()
 
 
 def test_mirrored_strategy_trains_like_default(tmp_path, keras_run):
