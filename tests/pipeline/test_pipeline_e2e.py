@@ -8,7 +8,9 @@ that run's dataset folder (ML Metadata store, checkpoints, serving folder) and a
     pushed;
   * the following weeks 4-7 with Stage I skipped: Stage II warm-starts from the first run's
     Stage I model across the grown vocabularies, and the Evaluator compares it with the
-    first run's ranking model.
+    first run's ranking model;
+  * the following weeks 4-7 with Stage I: the retrieval gate compares the new Stage I model
+    with the first run's.
 
 The copied store keeps pointing at the first run's artifacts, which stay in place for the
 whole module. Sizes are small (10,000 rows, a few epochs, 60 Stage II steps, in-memory Beam).
@@ -47,6 +49,7 @@ from pipeline_e2e_runs import (
 
 from tfx_pipeline import training
 from tfx_pipeline.components import push
+from tfx_pipeline.components import retrieval_gate as gate
 from tfx_pipeline.evaluation import RankingGateConfig
 from transforms import features
 
@@ -331,3 +334,27 @@ def test_newer_weeks_gated_against_first_run(first_run):
     assert arrived_later
     assert arrived_later <= vocabulary - exported
     assert item_counts["copied"] > 0
+
+
+def test_newer_stage1_gated_against_first_run(first_run):
+    output = _copy_first_run(first_run, "newer-stage1-runs")
+    log = write_log(NEWER_WINDOW, first_run.root / "weeks-4-7-stage1.csv")
+
+    run(run_command(log, NEWER_WINDOW, output, SETTINGS), first_run.root / "newer-stage1.txt")
+    record = read_run(output)
+    first_stage1 = first_run.resumed.output_uri(training.STAGE1_TRAINER, "model")
+    new_stage1 = record.output_uri(training.STAGE1_TRAINER, "model")
+    assert new_stage1 != first_stage1
+    assert record.inputs[training.RETRIEVAL_GATE]["baseline_model"] == [first_stage1]
+
+    # The gate's decision follows from the recall each model recorded on its eval split.
+    config = gate.RetrievalGateConfig()
+    recall = gate.final_recall(new_stage1, config.recall_k)
+    baseline_recall = gate.final_recall(first_stage1, config.recall_k)
+    expected = gate.decide(recall, baseline_recall, config)
+    blessing = record.output(training.RETRIEVAL_GATE, "blessing")
+    properties = blessing.custom_properties
+    assert int_property(blessing, push.BLESSED_PROPERTY) == int(expected.blessed)
+    assert properties["baseline_model"].string_value == first_stage1
+    assert properties["baseline_recall"].double_value == pytest.approx(baseline_recall)
+    assert properties["blessing_message"].string_value == expected.reason
