@@ -323,6 +323,7 @@ def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     log_path = local_runner.configure_logging(config)
     logging.info("Full log of this run: %s", log_path)
+    run_report.remove_report(config.dataset_dir)
     local_runner.run(config)
     report, json_path = run_report.write_full_report(config)
     sys.stdout.write(report.to_text())

@@ -21,9 +21,11 @@ from transforms.log_mapping import ColumnMapping
 DEFAULT_DATA = readers.SYNTHETIC
 DEFAULT_OUTPUT_DIR = "idpt-runs"
 
-# DirectRunner with 2 worker processes, so the Beam work of ingestion, StatisticsGen
-# and Transform runs outside the orchestrating process. Override with --beam-arg.
+# Beam's local FnApiRunner with 2 worker processes, outside the orchestrating process. It
+# is named because Beam 2.77's DirectRunner first tries PrismRunner, which downloads its
+# binary from GitHub. Override with --beam-arg.
 DEFAULT_BEAM_PIPELINE_ARGS = (
+    "--runner=FnApiRunner",
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=2",
 )

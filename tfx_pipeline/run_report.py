@@ -264,6 +264,24 @@ def full_report(config: PipelineConfig) -> RunReport:
     return build_report(config, run_id, run_artifacts.node_runs(store, run_id))
 
 
+def remove_report(folder: str) -> list[str]:
+    """Delete the report files and plots of an earlier run from `folder`.
+
+    A run calls this before it starts, so a run that fails leaves no report of the run
+    before it that could be read as its own.
+
+    Returns:
+      The paths deleted.
+    """
+    removed = []
+    for name in (REPORT_JSON, REPORT_TEXT, RECALL_PLOT, AUC_PLOT):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
 def write_full_report(config: PipelineConfig) -> tuple[RunReport, str]:
     """Build the full report, draw its plots and write both files into the dataset folder.
 

@@ -219,6 +219,15 @@ def _validate(config: Stage1Config) -> None:
         raise ValueError(
             f"Stage I config recall_ks={config.recall_ks} is invalid: give positive cut-offs"
         )
+    if len(set(config.recall_ks)) != len(config.recall_ks):
+        raise ValueError(
+            f"Stage I config recall_ks={config.recall_ks} is invalid: give each cut-off once"
+        )
+    # NumPy's generators take seeds in [0, 2**32).
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(
+            f"Stage I config seed={config.seed} is invalid: use an integer in [0, 2**32)"
+        )
     _validate_side_features(config)
 
 

@@ -76,6 +76,9 @@ def _type_problem(annotation: str, value: Any) -> str | None:
     if annotation.startswith("tuple[") and annotation.endswith(",...]"):
         element = annotation[len("tuple[") : -len(",...]")]
         expected = f"use a list of {_ELEMENT_NAMES[element]}"
+        if isinstance(value, list):
+            # Only the constructor gets here with a list: from_dict turns lists into tuples.
+            return f"use a tuple of {_ELEMENT_NAMES[element]} (from_dict also accepts a list)"
         if not isinstance(value, tuple):
             return expected
         return expected if any(_type_problem(element, item) for item in value) else None

@@ -430,11 +430,13 @@ def _restore(
     # past the configured epochs would export a model trained longer than the config records.
     finished = int(checkpoint.epoch.numpy())
     if finished > epochs:
+        # The restore is abandoned, so TensorFlow need not warn about unused values.
+        status.expect_partial()
         raise ValueError(
             f"Stage I config epochs={epochs}, but the checkpoint in {checkpoint_dir} has "
             f"already trained {finished} epochs with the same inputs and settings: set "
-            f"epochs to {finished} or more to reuse it, or set checkpoint_dir to an empty "
-            "folder to train from scratch"
+            f"epochs to {finished} or more to reuse it, or delete that folder (or set "
+            "checkpoint_dir to another one) to train from scratch"
         )
 
     logging.info("Stage I resumes from %s after epoch %d", manager.latest_checkpoint, finished)

@@ -50,6 +50,7 @@ def test_run_options_build_config(tmp_path):
     assert config.preprocessing.top_k_for("item_id") is None
     assert (config.split.train_end, config.split.eval_end, config.split.pretrain_end) == (10, 20, 5)
     assert config.beam_pipeline_args == (
+        "--runner=FnApiRunner",
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=4",
     )

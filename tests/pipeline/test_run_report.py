@@ -140,6 +140,18 @@ def _write_history(model_uri: pathlib.Path) -> None:
     (folder / features.STAGE1_HISTORY_FILE).write_text(json.dumps(history))
 
 
+def test_remove_report_deletes_earlier_files(tmp_path):
+    names = (run_report.REPORT_JSON, run_report.REPORT_TEXT, run_report.RECALL_PLOT)
+    for name in (*names, "other.txt"):
+        (tmp_path / name).write_text("x", encoding="utf-8")
+
+    removed = run_report.remove_report(str(tmp_path))
+
+    assert sorted(removed) == sorted(str(tmp_path / name) for name in names)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other.txt"]
+    assert run_report.remove_report(str(tmp_path)) == []
+
+
 def test_gate_rejection_reported_as_not_run(tmp_path):
     _write_history(tmp_path / "model")
     runs = {

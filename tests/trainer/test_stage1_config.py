@@ -81,6 +81,9 @@ def test_unknown_key_is_rejected():
         ({"num_sampled_negatives": -1}, "num_sampled_negatives=-1 is invalid"),
         ({"unseen_user_loss_weight": -1}, "unseen_user_loss_weight=-1 is invalid"),
         ({"recall_ks": [0]}, r"recall_ks=\(0,\) is invalid"),
+        ({"recall_ks": [10, 10]}, r"recall_ks=\(10, 10\) is invalid: give each cut-off once"),
+        ({"seed": -1}, r"seed=-1 is invalid: use an integer in \[0, 2\*\*32\)"),
+        ({"seed": 2**32}, r"seed=4294967296 is invalid"),
         ({"query_id_features": ["item_genre"]}, r"query_id_features has \['item_genre'\]"),
         ({"candidate_id_features": ["item_id"]}, r"candidate_id_features has \['item_id'\]"),
     ],
@@ -114,6 +117,12 @@ def test_invalid_values_are_rejected(values, message):
 def test_wrong_types_are_rejected(values, message):
     with pytest.raises(ValueError, match=f"^Stage I config {message}"):
         Stage1Config.from_dict(values)
+
+
+def test_constructor_list_names_tuple():
+    expected = r"^Stage I config recall_ks=\[5\] is invalid: use a tuple of integers \(from_dict"
+    with pytest.raises(ValueError, match=expected):
+        Stage1Config(recall_ks=[5])
 
 
 def test_integral_floats_become_counts():

@@ -214,7 +214,7 @@ def test_fewer_epochs_than_checkpoint_rejected(trained):
     expected = (
         f"Stage I config epochs=1, but the checkpoint in {result.checkpoint_dir} has already "
         "trained 2 epochs with the same inputs and settings: set epochs to 2 or more to reuse "
-        "it, or set checkpoint_dir to an empty folder to train from scratch"
+        "it, or delete that folder (or set checkpoint_dir to another one) to train from scratch"
     )
     with pytest.raises(ValueError) as raised:
         stage1.train_and_export(rerun)

@@ -70,6 +70,13 @@ def test_config_negative_distillation_weight():
         Stage2Config(distillation_weight=-1.0)
 
 
+def test_config_seed_out_of_range():
+    with pytest.raises(
+        ValueError, match=re.escape("seed=-1 is invalid: use an integer in [0, 2**32)")
+    ):
+        Stage2Config(seed=-1)
+
+
 @pytest.mark.parametrize(
     "values, message",
     [
