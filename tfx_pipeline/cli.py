@@ -201,9 +201,19 @@ def config_from_args(args: argparse.Namespace):  # -> PipelineConfig (imported l
       ConfigError: an invalid option value, with the fix.
     """
     try:
-        return _config_from_args(args)
+        config = _config_from_args(args)
     except ValueError as error:
         raise ConfigError(str(error)) from error
+
+    # Checked here because the pipeline would otherwise find out only at Stage II, after
+    # ingestion and Transform. A store without a blessed Stage I model still fails there.
+    if config.training.skip_stage1 and not os.path.exists(config.metadata_path):
+        raise ConfigError(
+            "--skip-stage1 warm-starts from a blessed Stage I model of an earlier run of this "
+            f"dataset, but there is no earlier run: {config.metadata_path} does not exist. "
+            "Run once without --skip-stage1, or pass the --output and --dataset of that run."
+        )
+    return config
 
 
 def _config_from_args(args: argparse.Namespace):

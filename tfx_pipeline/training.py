@@ -67,6 +67,22 @@ class TrainingConfig:
     serving_dir: str = ""
     checkpoint_dir: str = ""
 
+    def __post_init__(self) -> None:
+        # A dict skips the config checks, and the pipeline reads these fields as config objects.
+        for name, expected in (
+            ("stage1", Stage1Config),
+            ("stage2", Stage2Config),
+            ("retrieval_gate", RetrievalGateConfig),
+            ("ranking_gate", evaluation.RankingGateConfig),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, expected):
+                continue
+            fix = f"pass a {expected.__name__}"
+            if hasattr(expected, "from_dict"):
+                fix += f", e.g. {expected.__name__}.from_dict(values) for a dict"
+            raise TypeError(f"TrainingConfig {name} is a {type(value).__name__}: {fix}")
+
 
 @component
 def TrainingSettings(  # noqa: N802 - TFX names components like classes.

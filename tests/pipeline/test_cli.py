@@ -6,6 +6,7 @@ import pytest
 
 from tfx_pipeline import benchmarks, cli
 from tfx_pipeline.config import PipelineConfig, merge_beam_args
+from tfx_pipeline.training import TrainingConfig
 
 
 def _run_args(*argv: str) -> argparse.Namespace:
@@ -89,6 +90,23 @@ def test_invalid_run_options(argv, message):
         cli.config_from_args(_run_args("--format", "synthetic", *argv))
 
 
+def test_skip_stage1_without_earlier_run_rejected(tmp_path):
+    args = _run_args("--format", "synthetic", "--output", str(tmp_path), "--skip-stage1")
+    metadata = tmp_path / "synthetic" / "metadata" / "metadata.sqlite"
+    expected = (
+        "--skip-stage1 warm-starts from a blessed Stage I model of an earlier run of this "
+        f"dataset, but there is no earlier run: {metadata} does not exist. Run once without "
+        "--skip-stage1, or pass the --output and --dataset of that run."
+    )
+    with pytest.raises(cli.ConfigError) as raised:
+        cli.config_from_args(args)
+    assert str(raised.value) == expected
+
+    metadata.parent.mkdir(parents=True)
+    metadata.write_bytes(b"")
+    assert cli.config_from_args(args).training.skip_stage1
+
+
 def test_merge_beam_args_replaces_repeated_options():
     merged = merge_beam_args(
         ("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
@@ -136,3 +154,13 @@ def test_quick_run_keeps_full_size_section(tmp_path):
     assert section.startswith("<!-- bench:transform_bench:quick -->\n## Transform throughput, ")
     assert "| rows/s | 70 |" in section
     assert text.index("<!-- bench:transform_bench -->") < text.index(section)
+
+
+def test_training_config_rejects_dict():
+    expected = (
+        "TrainingConfig stage1 is a dict: pass a Stage1Config, e.g. "
+        "Stage1Config.from_dict(values) for a dict"
+    )
+    with pytest.raises(TypeError) as raised:
+        TrainingConfig(stage1={"temperature": 0.1})
+    assert str(raised.value) == expected
