@@ -223,8 +223,7 @@ def _validate(config: Stage1Config) -> None:
         raise ValueError(
             f"Stage I config recall_ks={config.recall_ks} is invalid: give each cut-off once"
         )
-    # NumPy's generators take seeds in [0, 2**32).
-    if not 0 <= config.seed < 2**32:
+    if not 0 <= config.seed < config_types.SEED_LIMIT:
         raise ValueError(
             f"Stage I config seed={config.seed} is invalid: use an integer in [0, 2**32)"
         )

@@ -15,6 +15,9 @@ from typing import Any
 
 _ELEMENT_NAMES = {"int": "integers", "str": "strings"}
 
+# Seeds must be below it, because NumPy's random generators take seeds in [0, 2**32).
+SEED_LIMIT = 2**32
+
 
 def coerce_json_values(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
     """Return `values` with JSON forms turned into the field types of dataclass `cls`.

@@ -131,10 +131,9 @@ def train_and_export(fn_args, on_epoch_end: EpochCallback | None = None) -> Stag
     strategy = tables.create_strategy(
         config.distribution, config.tpu_address, config.max_shard_bytes
     )
-    table_kind = tables.select_table_kind(tables.strategy_kind(strategy), config.table_backend)
-    checkpoint_dir = checkpoint_dir_for(config, inputs, fn_args.model_run_dir, table_kind)
     data = prepare_data(config, inputs)
     model = build_model(config, data, strategy)
+    checkpoint_dir = checkpoint_dir_for(config, inputs, fn_args.model_run_dir, model.tables.kind)
     if isinstance(model.tables, tables.TpuEmbeddingTables):
         model.tables.host_copy_dir = os.path.join(checkpoint_dir, TPU_HOST_COPY_FOLDER)
     logging.info(

@@ -118,8 +118,7 @@ class Stage2Config:
                 f"frozen_embedding_dropout={self.frozen_embedding_dropout!r} is invalid: "
                 "use a rate in [0, 1)"
             )
-        # NumPy's generators take seeds in [0, 2**32).
-        if not 0 <= self.seed < 2**32:
+        if not 0 <= self.seed < config_types.SEED_LIMIT:
             raise ValueError(f"seed={self.seed!r} is invalid: use an integer in [0, 2**32)")
         if self.distillation_weight < 0.0:
             raise ValueError(
