@@ -199,6 +199,20 @@ def test_history_and_config_saved_beside_model(trained):
     assert stage1.read_history(fn_args.serving_model_dir) == history
 
 
+def test_training_rows_are_engaged_and_weighted(trained):
+    fn_args, _, _ = trained
+    config = Stage1Config.from_dict(FAST_CONFIG)
+    data = stage1.prepare_data(config, stage1.inputs_from_fn_args(fn_args))
+    train_rows = transformed_log().train_rows
+    engaged = [row for row in train_rows if row[features.LABEL] == 1]
+
+    # The log has label-0 rows, and Stage I reads none of them.
+    assert len(engaged) < len(train_rows)
+    assert data.num_train_rows == len(engaged)
+    weights = [float(row[features.WEIGHT]) for row in data.train_rows.as_numpy_iterator()]
+    assert sorted(weights) == sorted(row[features.WEIGHT] for row in engaged)
+
+
 def test_fewer_epochs_than_checkpoint_rejected(trained):
     fn_args, result, _ = trained
     pipeline_root = os.path.dirname(os.path.dirname(os.path.dirname(fn_args.model_run_dir)))
