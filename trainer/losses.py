@@ -292,7 +292,7 @@ def _losses_one_embedding_per_id(
     row i weigh (Q_i * sum_{j of that item} 1 / Q_j) - 1 times the positive, and one
     segment sum over the candidates gives that factor for every row. Subtracting that mass
     from the row's total loses float32 precision only where the hits outweigh the rest of
-    the row by orders of magnitude; a floor keeps the result at least the positive's mass.
+    the row by orders of magnitude. A floor keeps the result at least the positive's mass.
 
     Args:
       queries: [B, D'] queries after `_scale_queries`.
